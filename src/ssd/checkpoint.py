@@ -1,0 +1,169 @@
+"""Checkpoints that describe themselves, written atomically and read without unpickling code.
+
+A checkpoint is a plain dict saved with :func:`torch.save`::
+
+    {"format": "ssd-checkpoint", "format_version": 1, "library_version": "0.1.0",
+     "config": ModelConfig.to_dict(),    # everything needed to rebuild the network
+     "model": state_dict,                 # tensors only
+     ...}                                 # training state (optimizer, step, RNG) where saved by `ssd train`
+
+It is read back with ``torch.load(..., weights_only=True)``, which only rebuilds tensors and plain
+containers: a file crafted to run code on load is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ssd.config import ModelConfig
+from ssd.errors import CheckpointError
+
+FORMAT = "ssd-checkpoint"
+FORMAT_VERSION = 1
+
+PAUSE_ENV = "SSD_FAULT_PAUSE_CHECKPOINT_WRITE"
+"""Fault injection for tests: seconds to sleep after the temporary file is written, before rename."""
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
+
+    A crash at any point leaves either the previous file or the new one, never a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        pause = os.environ.get(PAUSE_ENV)
+        if pause:
+            time.sleep(float(pause))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass  # not every file system lets a directory be fsynced
+    return path
+
+
+def make_checkpoint(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
+    """The checkpoint dict of ``model`` (an :class:`~ssd.model.SSD`) plus plain ``extra`` entries."""
+    from ssd import __version__
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ckpt = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "config": model.config.to_dict(),
+        "model": state,
+    }
+    clash = set(ckpt) & set(extra)
+    if clash:
+        raise ValueError(f"extra entries clash with reserved keys: {sorted(clash)}")
+    ckpt.update(extra)
+    return ckpt
+
+
+def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, **extra: Any) -> Path:
+    """Write ``model``'s checkpoint (configuration + weights + ``extra``) atomically to ``path``."""
+    return atomic_torch_save(make_checkpoint(model, **extra), path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint dict safely (``weights_only=True``, tensors on the CPU).
+
+    Raises :class:`CheckpointError` saying what is wrong: missing, truncated, not ours, or a
+    pickle that asks for code (refused, never run).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds Python objects, not plain tensors and "
+            f"containers ({first[:200]}). If it is the tutorial's checkpoint, convert it with "
+            f"`ssd convert tutorial`."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt?): {e}") from None
+    if not isinstance(ckpt, Mapping) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not an ssd checkpoint (no '{FORMAT}' marker). Tutorial or torchvision weights "
+            f"can be imported with `ssd convert`."
+        )
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version!r} is newer than this library reads "
+            f"({FORMAT_VERSION}); upgrade the ssd package"
+        )
+    for key in ("config", "model"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
+    return dict(ckpt)
+
+
+def config_from_checkpoint(ckpt: Mapping[str, Any]) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(ckpt["config"])
+    except Exception as e:
+        raise CheckpointError(f"checkpoint configuration is invalid: {e}") from None
+
+
+def model_from_checkpoint(ckpt: Mapping[str, Any]):
+    """Rebuild the network from a checkpoint dict's configuration and load its weights."""
+    from ssd.model import SSD
+
+    model = SSD(config_from_checkpoint(ckpt))
+    load_state(model, ckpt["model"])
+    return model
+
+
+def load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Strict ``load_state_dict`` that explains mismatches in one line."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} tensors of other shapes (e.g. {wrong[0]})")
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise CheckpointError("weights do not fit this model: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Load an :class:`~ssd.model.SSD` from a checkpoint file, in eval mode, on ``device``."""
+    model = model_from_checkpoint(load_checkpoint(path))
+    return model.to(device).eval()

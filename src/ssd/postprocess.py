@@ -1,0 +1,128 @@
+"""From raw network outputs to detections: softmax, decode, threshold, per-class NMS, top-k.
+
+The whole batch is processed at once: candidates of every image and class are gathered in one
+pass, suppressed with exact greedy NMS per (image, class) group, and the best ``top_k`` per image
+are kept. NMS runs on the original coordinates of each group (no coordinate-offset trick, whose
+float32 rounding can flip decisions near the threshold and which negative coordinates break), so
+the result equals a slow per-image, per-class reference exactly.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import nms
+
+from ssd.boxes import cxcywh_to_xyxy, decode
+from ssd.config import DecodeConfig
+
+
+class Detections(NamedTuple):
+    """Detections of one image, best score first.
+
+    ``boxes`` are ``xyxy_rel`` (fractions of the image) or, when image sizes were given,
+    ``xyxy_abs`` (pixels of the original image); ``labels`` are in 1..C-1 (0 is background).
+    """
+
+    boxes: Tensor  # (K, 4)
+    labels: Tensor  # (K,) int64
+    scores: Tensor  # (K,)
+
+
+def grouped_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+    """Exact greedy NMS within each group; boxes of different groups never suppress each other.
+
+    Args:
+        boxes_xyxy: (K, 4); scores: (K,); groups: (K,) integer group ids.
+    Returns:
+        indices of the kept boxes, ordered by group, then by descending score.
+    """
+    if boxes_xyxy.numel() == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes_xyxy.device)
+    # Sort by (group, -score): a stable sort by score, then a stable sort by group.
+    by_score = torch.sort(scores, descending=True, stable=True).indices
+    order = by_score[torch.sort(groups[by_score], stable=True).indices]
+    sorted_groups = groups[order]
+    counts = torch.unique_consecutive(sorted_groups, return_counts=True)[1].tolist()
+    sorted_boxes, sorted_scores = boxes_xyxy[order], scores[order]
+    kept = []
+    start = 0
+    for count in counts:
+        end = start + count
+        if count == 1:
+            kept.append(order[start:end])
+        else:
+            kept.append(order[start + nms(sorted_boxes[start:end], sorted_scores[start:end], iou_threshold)])
+        start = end
+    return torch.cat(kept)
+
+
+def postprocess(
+    loc_offsets: Tensor,
+    cls_logits: Tensor,
+    priors_cxcywh: Tensor,
+    decode_config: DecodeConfig = DecodeConfig(),
+    *,
+    min_score: float = 0.01,
+    max_overlap: float = 0.45,
+    top_k: int = 200,
+    image_sizes: Sequence[tuple[int, int]] | Tensor | None = None,
+) -> list[Detections]:
+    """Decode a batch of raw outputs into detections.
+
+    Args:
+        loc_offsets: (N, P, 4) w.r.t. ``priors_cxcywh`` (P, 4) ``cxcywh_rel``.
+        cls_logits: (N, P, C), class 0 is background.
+        decode_config: the model's size clamp, clipping and per-class candidate cap.
+        min_score: keep class scores strictly above this.
+        max_overlap: suppress boxes whose IoU with a better box of the same class exceeds this.
+        top_k: keep at most this many detections per image (the best scores).
+        image_sizes: (height, width) of each original image; boxes are then ``xyxy_abs`` pixels.
+    Returns:
+        one :class:`Detections` per image, best score first.
+    """
+    n, p, c = cls_logits.shape
+    k = c - 1
+    scores = F.softmax(cls_logits.float(), dim=-1)[..., 1:]  # (N, P, K)
+    boxes = cxcywh_to_xyxy(decode(loc_offsets.float(), priors_cxcywh.float(), decode_config.size_clamp))
+    if decode_config.clip_boxes:
+        boxes = boxes.clamp(0.0, 1.0)
+
+    cap = decode_config.candidates_per_class
+    if cap is not None and cap < p:
+        top_scores, top_prior = scores.transpose(1, 2).topk(cap, dim=2)  # (N, K, cap)
+        img, cls, j = (top_scores > min_score).nonzero(as_tuple=True)
+        cand_scores, prior = top_scores[img, cls, j], top_prior[img, cls, j]
+    else:
+        img, prior, cls = (scores > min_score).nonzero(as_tuple=True)
+        cand_scores = scores[img, prior, cls]
+    cand_boxes = boxes[img, prior]
+
+    keep = grouped_nms(cand_boxes, cand_scores, img * k + cls, max_overlap)
+    img, cls, cand_scores, cand_boxes = img[keep], cls[keep], cand_scores[keep], cand_boxes[keep]
+
+    # Best top_k per image: order by (image, -score), rank within each image.
+    by_score = torch.sort(cand_scores, descending=True, stable=True).indices
+    order = by_score[torch.sort(img[by_score], stable=True).indices]
+    img, cls, cand_scores, cand_boxes = img[order], cls[order], cand_scores[order], cand_boxes[order]
+    counts = torch.bincount(img, minlength=n)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(img.numel(), device=img.device) - starts[img]
+    sel = rank < top_k
+    img, cls, cand_scores, cand_boxes = img[sel], cls[sel], cand_scores[sel], cand_boxes[sel]
+
+    if image_sizes is not None:
+        hw = torch.as_tensor(image_sizes, dtype=cand_boxes.dtype, device=cand_boxes.device).reshape(n, 2)
+        scale = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=1)  # (N, 4): w, h, w, h
+        cand_boxes = cand_boxes * scale[img]
+
+    per_image = torch.bincount(img, minlength=n).tolist()
+    return [
+        Detections(b, l + 1, s)
+        for b, l, s in zip(
+            cand_boxes.split(per_image), cls.split(per_image), cand_scores.split(per_image)
+        )
+    ]

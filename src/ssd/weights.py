@@ -1,0 +1,143 @@
+"""Weights that enter from outside: ImageNet VGG16 for the base, and the tutorial's state dict.
+
+Nothing here runs at import or inside a constructor; downloads happen only when a user asks for
+``imagenet`` weights explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from ssd.config import IMAGENET_MEAN, IMAGENET_STD
+from ssd.errors import SSDError
+
+# torchvision's vgg16 `features` indices of the 13 convolutions, in order.
+_VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+_BASE_CONV_NAMES = tuple(
+    f"conv{b}_{i}" for b, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for i in range(1, n + 1)
+)
+
+
+def decimate_fc6(fc6_weight: Tensor, fc6_bias: Tensor) -> tuple[Tensor, Tensor]:
+    """fc6 (4096, 25088) -> conv6 (1024, 512, 3, 3): filters 0, 4, ..., 4092; kernel rows/cols 0, 3, 6."""
+    w = fc6_weight.reshape(4096, 512, 7, 7)[0::4][:, :, 0::3, 0::3]
+    return w.contiguous(), fc6_bias[0::4].contiguous()
+
+
+def decimate_fc7(fc7_weight: Tensor, fc7_bias: Tensor) -> tuple[Tensor, Tensor]:
+    """fc7 (4096, 4096) -> conv7 (1024, 1024, 1, 1): inputs and outputs 0, 4, ..., 4092."""
+    w = fc7_weight.reshape(4096, 4096, 1, 1)[0::4, 0::4]
+    return w.contiguous(), fc7_bias[0::4].contiguous()
+
+
+def vgg16_to_base_state(vgg_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A torchvision VGG16 state dict (``features.*``, ``classifier.*``) -> our base's state dict.
+
+    conv1_1..conv5_3 are copied; fc6 and fc7 are decimated into conv6 and conv7.
+    """
+    try:
+        out = {}
+        for idx, name in zip(_VGG16_CONV_INDICES, _BASE_CONV_NAMES):
+            out[f"{name}.weight"] = vgg_state[f"features.{idx}.weight"]
+            out[f"{name}.bias"] = vgg_state[f"features.{idx}.bias"]
+        out["conv6.weight"], out["conv6.bias"] = decimate_fc6(
+            vgg_state["classifier.0.weight"], vgg_state["classifier.0.bias"]
+        )
+        out["conv7.weight"], out["conv7.bias"] = decimate_fc7(
+            vgg_state["classifier.3.weight"], vgg_state["classifier.3.bias"]
+        )
+    except KeyError as e:
+        raise SSDError(
+            f"not a torchvision VGG16 state dict with its classifier: missing {e.args[0]!r} "
+            "(IMAGENET1K_FEATURES weights lack a valid classifier; use IMAGENET1K_V1)"
+        ) from None
+    return out
+
+
+def imagenet_vgg16_state() -> dict[str, Tensor]:
+    """torchvision's ``VGG16_Weights.IMAGENET1K_V1`` state dict (downloaded once, then cached)."""
+    from torchvision.models import VGG16_Weights
+
+    weights = VGG16_Weights.IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as e:  # network errors come in many types
+        raise SSDError(
+            f"could not download ImageNet VGG16 weights ({type(e).__name__}: {e}). Without internet, "
+            f"download {weights.url} elsewhere and pass the file with --pretrained-base PATH"
+        ) from None
+
+
+def load_pretrained_base(model, source: str | os.PathLike | None) -> list[str]:
+    """Initialise ``model.base`` from ImageNet VGG16 weights.
+
+    Args:
+        source: ``"imagenet"`` (torchvision's IMAGENET1K_V1, downloaded), a path to a torchvision
+            VGG16 state dict, or ``None``/``"none"`` for nothing.
+    Returns:
+        notes for the user (e.g. a normalisation that differs from ImageNet's).
+    """
+    if source is None or str(source) == "none":
+        return []
+    cfg = model.config
+    if cfg.batch_norm or tuple(cfg.vgg_widths) != (64, 128, 256, 512, 512) or cfg.fc_channels != 1024:
+        raise SSDError(
+            f"ImageNet VGG16 weights fit the full-width base without BatchNorm; preset {cfg.preset!r} "
+            f"(widths {list(cfg.vgg_widths)}, batch_norm={cfg.batch_norm}) cannot use them"
+        )
+    if str(source) == "imagenet":
+        state = imagenet_vgg16_state()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SSDError(f"--pretrained-base: file not found: {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise SSDError(f"--pretrained-base: cannot read {path} as a state dict: {e}") from None
+        if isinstance(state, Mapping) and "state_dict" in state:
+            state = state["state_dict"]
+    model.base.load_state_dict(vgg16_to_base_state(state))
+    notes = []
+    if (tuple(cfg.mean), tuple(cfg.std)) != (IMAGENET_MEAN, IMAGENET_STD):
+        notes.append(
+            f"the model normalises with mean {cfg.mean} / std {cfg.std}, not ImageNet's, "
+            "which the VGG16 weights expect"
+        )
+    return notes
+
+
+# --- the tutorial's state dict -------------------------------------------------------------------
+
+_TUTORIAL_MAPS = ("conv4_3", "conv7", "conv8_2", "conv9_2", "conv10_2", "conv11_2")
+
+
+def tutorial_to_state(tutorial_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The tutorial's SSD300 state dict (names in ``shared/reference/tutorial-checkpoint.md``) ->
+    ours for the ``ssd300`` preset. A plain renaming; only ``rescale_factors`` changes shape
+    ((1, 512, 1, 1) -> (512,)).
+    """
+    out: dict[str, Tensor] = {}
+    head = re.compile(r"pred_convs\.(loc|cl)_(\w+)\.(weight|bias)")
+    for name, tensor in tutorial_state.items():
+        if name == "rescale_factors":
+            out["l2norm.weight"] = tensor.reshape(-1)
+        elif name.startswith("base."):
+            out[name] = tensor
+        elif name.startswith("aux_convs."):
+            out["extras." + name[len("aux_convs."):]] = tensor
+        elif m := head.fullmatch(name):
+            kind, fmap, param = m.groups()
+            if fmap not in _TUTORIAL_MAPS:
+                raise SSDError(f"tutorial state dict: unknown feature map in {name!r}")
+            heads = "loc_heads" if kind == "loc" else "cls_heads"
+            out[f"{heads}.{_TUTORIAL_MAPS.index(fmap)}.{param}"] = tensor
+        else:
+            raise SSDError(f"tutorial state dict: unexpected entry {name!r}")
+    return out
