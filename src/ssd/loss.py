@@ -7,7 +7,7 @@ nothing waits for the device (no ``.item()``, no boolean indexing).
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Sequence
+from typing import Callable, Literal, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -125,8 +125,9 @@ class MultiBoxLoss(nn.Module):
     positive, per image). ``loc`` (paper variant) and ``cls`` are divided by max(1, positives in the
     batch); ``total = cls + alpha * loc``.
 
-    ``positives_divisor`` (for data-parallel training) replaces the local positive count, e.g. by
-    the count summed over all processes divided by the world size.
+    ``reduce_positives`` (for data-parallel training) maps the local positive count to the divisor,
+    e.g. the count summed over all processes divided by the world size, so that averaging the
+    processes' gradients gives the gradient of the global batch.
     """
 
     def __init__(
@@ -154,14 +155,17 @@ class MultiBoxLoss(nn.Module):
         cls_logits: Tensor,
         gt_boxes_xyxy_rel: Tensor,
         gt_labels: Tensor,
-        positives_divisor: Tensor | None = None,
+        reduce_positives: Callable[[Tensor], Tensor] | None = None,
     ) -> LossOutput:
         """loc_offsets (N, P, 4), cls_logits (N, P, C), padded targets (N, M, 4) and (N, M)."""
+        # Match and encode in at least float32: targets must not depend on the precision of the
+        # predictions (under autocast the heads give float16/bfloat16, which flips matches).
+        loc_offsets = loc_offsets.to(torch.promote_types(loc_offsets.dtype, torch.float32))
         priors = self.priors_cxcywh.to(loc_offsets.dtype)
         matches = match(priors, gt_boxes_xyxy_rel.to(priors.dtype), gt_labels, self.threshold, self.force_best_prior)
         pos = matches.labels > 0  # (N, P)
         num_pos = pos.sum()
-        divisor = positives_divisor if positives_divisor is not None else num_pos.clamp(min=1)
+        divisor = reduce_positives(num_pos) if reduce_positives is not None else num_pos.clamp(min=1)
 
         # Negatives regress to their own prior (zero offsets) so no log(0) appears, then are masked.
         target_cxcywh = torch.where(pos.unsqueeze(-1), xyxy_to_cxcywh(matches.boxes_xyxy_rel), priors)

@@ -1,5 +1,6 @@
 """The ``ssd`` command: the only place that parses arguments, picks devices and prints.
 
+Each sub-command lives in a module of this package with a ``register(subparsers)`` function.
 Every user-fixable problem is an :class:`~ssd.errors.SSDError`, printed as one line
 (``ssd: error: ...``) with exit status 2; Ctrl-C exits with 130.
 """
@@ -13,6 +14,9 @@ from typing import Sequence
 
 from ssd import __version__
 from ssd.errors import SSDError
+
+COMMAND_MODULES: tuple[str, ...] = ("data", "train")
+"""Sub-command modules of this package, in the order ``ssd --help`` lists them."""
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -84,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the model presets")
     p.set_defaults(func=_cmd_presets)
+
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"ssd.cli.{name}").register(sub)
     return parser
 
 

@@ -1,0 +1,344 @@
+"""``ssd eval``: score a checkpoint on a dataset split (or devkit results files without a model).
+
+::
+
+    ssd eval CHECKPOINT --data test.json                     # an index made by `ssd data`
+    ssd eval CHECKPOINT --voc-root VOCdevkit/VOC2007 --split test
+    ssd eval CHECKPOINT --coco-json instances_val.json --images val2017/ --coco
+    ssd eval --detections results/ --voc-root VOCdevkit/VOC2007 --split test   # no model
+
+Prints a per-class AP table and the mAP; ``--out DIR`` writes ``metrics.json`` and ``pr_curves.png``,
+``--save-detections DIR`` the devkit results files, ``--coco-results FILE`` the COCO results JSON.
+Every option is checked before any work starts. Exit status: 0, 2 for an error (one line, no traceback),
+1 when some images could not be read (the others are evaluated, the outputs written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ssd.errors import SSDError
+
+EXIT_SOME_FAILED = 1
+
+
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on a dataset split: VOC mAP (devkit rules), COCO-style AP, PR curves",
+        description="Evaluate a checkpoint on a dataset split, or score devkit results files (--detections) "
+        "without a model. VOC AP follows the official devkit (VOCevaldet); see docs/evaluation.md.",
+    )
+    p.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help="an ssd checkpoint (not with --detections)")
+    src = p.add_argument_group("dataset (one of)")
+    src.add_argument("--data", metavar="INDEX.json", help="a dataset index made by `ssd data`")
+    src.add_argument("--voc-root", metavar="DIR", help="a VOC year folder (Annotations, JPEGImages, ImageSets/Main)")
+    src.add_argument("--split", default="test", help="image set of --voc-root (default: test)")
+    src.add_argument("--coco-json", metavar="FILE", help="COCO-format annotations (with --images)")
+    src.add_argument("--images", metavar="DIR", help="the image folder of --coco-json")
+    p.add_argument("--detections", metavar="DIR",
+                   help="score devkit results files comp4_det_test_<class>.txt in DIR instead of running a model")  # fmt: skip
+    test = p.add_argument_group("test-time settings")
+    test.add_argument("--min-score", type=float, default=0.01, help="keep class scores above this (default 0.01)")
+    test.add_argument("--max-overlap", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    test.add_argument("--top-k", type=int, default=200, help="detections kept per image (default 200)")
+    test.add_argument("--method", choices=("voc07", "voc12"), default="voc07",
+                      help="VOC AP: voc07 11-point (default, the paper's) or voc12 area")  # fmt: skip
+    run = p.add_argument_group("running")
+    run.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    run.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (default 0)")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto: CUDA if available)")
+    run.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
+                     help="bf16 autocast (default auto: on for CUDA)")  # fmt: skip
+    out = p.add_argument_group("outputs")
+    out.add_argument("--out", metavar="DIR", help="write metrics.json and pr_curves.png here")
+    out.add_argument("--no-plot", action="store_true", help="with --out: skip pr_curves.png")
+    out.add_argument("--save-detections", metavar="DIR", help="write devkit results files here")
+    out.add_argument("--coco-results", metavar="FILE", help="write the detections as a COCO results JSON")
+    out.add_argument("--coco", action="store_true", help="also compute COCO-style AP (needs pycocotools)")
+    p.set_defaults(func=run_eval)
+    return p
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+
+def _existing_file(path: str, option: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise SSDError(f"{option} {path}: is a folder, not a file")
+    if not p.is_file():
+        raise SSDError(f"{option} {path}: file not found")
+    return p
+
+
+def _existing_dir(path: str, option: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise SSDError(f"{option} {path}: folder not found")
+    return p
+
+
+def _writable_dir(path: str, option: str) -> Path:
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise SSDError(f"{option} {path}: exists and is not a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SSDError(f"{option} {path}: cannot create the folder ({e.strerror or e})") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise SSDError(f"{option} {path}: the folder is not writable")
+    return p
+
+
+def _writable_file(path: str, option: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise SSDError(f"{option} {path}: is a folder; give a file name")
+    _writable_dir(str(p.parent), option)
+    if p.exists() and not os.access(p, os.W_OK):
+        raise SSDError(f"{option} {path}: the file is not writable")
+    return p
+
+
+def _voc_root(path: str) -> Path:
+    p = _existing_dir(path, "--voc-root")
+    if not (p / "Annotations").is_dir():
+        years = sorted(q for q in p.glob("VOC20*") if (q / "Annotations").is_dir())
+        if len(years) == 1:
+            return years[0]
+        raise SSDError(f"--voc-root {path}: no Annotations folder (give a year folder such as VOCdevkit/VOC2007)")
+    return p
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise SSDError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SSDError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SSDError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise SSDError(f"--device {name}: MPS is not available on this machine")
+    return device
+
+
+def _validate(args: argparse.Namespace) -> dict[str, Any]:
+    """Check every option before any work; returns resolved paths and settings."""
+    v: dict[str, Any] = {}
+    sources = [o for o, val in (("--data", args.data), ("--voc-root", args.voc_root), ("--coco-json", args.coco_json)) if val]
+    if len(sources) != 1:
+        raise SSDError(
+            "give the dataset with exactly one of --data INDEX.json, --voc-root DIR or --coco-json FILE --images DIR"
+            + (f" (got {', '.join(sources)})" if sources else "")
+        )
+    if args.images and not args.coco_json:
+        raise SSDError("--images goes with --coco-json")
+    if args.detections is not None:
+        if args.checkpoint is not None:
+            raise SSDError("--detections scores results files without a model: leave out CHECKPOINT")
+        v["detections"] = _existing_dir(args.detections, "--detections")
+    else:
+        if args.checkpoint is None:
+            raise SSDError("give a CHECKPOINT to evaluate, or --detections DIR to score results files")
+        v["checkpoint"] = _existing_file(args.checkpoint, "CHECKPOINT")
+    if args.data:
+        v["data"] = _existing_file(args.data, "--data")
+    elif args.voc_root:
+        v["voc_root"] = _voc_root(args.voc_root)
+        split_file = v["voc_root"] / "ImageSets" / "Main" / f"{args.split}.txt"
+        if not split_file.is_file():
+            raise SSDError(f"--split {args.split}: {split_file} not found")
+    else:
+        v["coco_json"] = _existing_file(args.coco_json, "--coco-json")
+        if not args.images:
+            raise SSDError("--coco-json needs --images DIR (the folder of its images)")
+        v["images"] = _existing_dir(args.images, "--images")
+
+    if not 0.0 <= args.min_score <= 1.0:  # also rejects NaN
+        raise SSDError(f"--min-score {args.min_score}: must be in [0, 1]")
+    if not 0.0 < args.max_overlap <= 1.0:
+        raise SSDError(f"--max-overlap {args.max_overlap}: must be in (0, 1]")
+    if args.top_k < 1:
+        raise SSDError(f"--top-k {args.top_k}: must be a positive integer")
+    if args.batch_size < 1:
+        raise SSDError(f"--batch-size {args.batch_size}: must be a positive integer")
+    if args.workers < 0:
+        raise SSDError(f"--workers {args.workers}: must be 0 or more")
+    if args.detections is None:
+        v["device"] = _device(args.device)
+
+    if args.out:
+        v["out"] = _writable_dir(args.out, "--out")
+        if not args.no_plot:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                raise SSDError(
+                    "--out writes pr_curves.png, which needs matplotlib: pip install matplotlib "
+                    "(or add --no-plot)"
+                ) from None
+    if args.save_detections:
+        v["save_detections"] = _writable_dir(args.save_detections, "--save-detections")
+    if args.coco_results:
+        v["coco_results"] = _writable_file(args.coco_results, "--coco-results")
+    if args.coco:
+        from ssd.evaluate import _import_pycocotools
+
+        try:
+            _import_pycocotools()
+        except SSDError as e:
+            raise SSDError(f"--coco: {e}") from None
+    return v
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def _warn(message: str) -> None:
+    print(f"ssd: warning: {message}", file=sys.stderr)
+
+
+def _voc_classes_without_model(root: Path, split: str) -> tuple[str, ...]:
+    from ssd.config import VOC_CLASSES
+    from ssd.data.index import voc_classes_of
+
+    names = voc_classes_of([root], [split])
+    if not (root / "classes.txt").is_file() and set(names) <= set(VOC_CLASSES):
+        return VOC_CLASSES  # the standard label order, also when the split lacks a class
+    return names
+
+
+def _load_index(args: argparse.Namespace, v: dict[str, Any], model_classes):
+    from ssd.data.index import DatasetIndex, build_coco_index, build_voc_index
+
+    progress = sys.stderr.isatty()
+    if "data" in v:
+        index = DatasetIndex.load(v["data"])
+    elif "voc_root" in v:
+        classes = model_classes if model_classes is not None else _voc_classes_without_model(v["voc_root"], args.split)
+        index = build_voc_index(args.split, [(v["voc_root"], args.split)], classes, progress=progress)
+    else:
+        index = build_coco_index(v["coco_json"].stem, v["coco_json"], v["images"], progress=progress)
+    if index.issues:
+        _warn(f"{len(index.issues)} problem(s) in the data, left out of the evaluation:")
+        for issue in index.issues[:20]:
+            print(f"  {issue}", file=sys.stderr)
+        if len(index.issues) > 20:
+            print(f"  ... and {len(index.issues) - 20} more", file=sys.stderr)
+    if len(index.images) == 0:
+        raise SSDError(f"the dataset {index.name!r} has no images to evaluate")
+    return index
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _print_table(evaluation, coco: dict | None) -> None:
+    voc = evaluation.voc
+    width = max([len(c) for c in voc.ap] + [5])
+    print(f"{'class':<{width}}  {'AP':>6}")
+    for name, ap in voc.ap.items():
+        print(f"{name:<{width}}  {_fmt(ap):>6}" + ("  (no non-difficult objects)" if ap is None else ""))
+    print("-" * (width + 8))
+    rate = evaluation.images_per_second
+    print(
+        f"{'mAP':<{width}}  {_fmt(voc.mAP):>6}  ({voc.method}, {evaluation.num_images} images, "
+        f"{evaluation.num_detections} detections, {evaluation.seconds:.1f} s"
+        + (f", {rate:.1f} images/s)" if math.isfinite(rate) else ")")
+    )
+    if coco is not None:
+        print("COCO-style: " + "  ".join(f"{k} {_fmt(coco[k], 3)}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    v = _validate(args)
+
+    from ssd.evaluate import (
+        coco_metrics,
+        coco_results,
+        evaluate,
+        score_detections_dir,
+        write_detections_dir,
+    )
+
+    model = None
+    if "checkpoint" in v:
+        from ssd.checkpoint import load_model
+
+        model = load_model(v["checkpoint"], device=v["device"])
+    index = _load_index(args, v, model.class_names if model is not None else None)
+
+    if model is not None:
+        amp = {"auto": None, "on": True, "off": False}[args.amp]
+        evaluation = evaluate(
+            model, index, batch_size=args.batch_size, device=v["device"], amp=amp, workers=args.workers,
+            min_score=args.min_score, max_overlap=args.max_overlap, top_k=args.top_k, method=args.method,
+            progress=sys.stderr.isatty(),
+        )  # fmt: skip
+    else:
+        evaluation = score_detections_dir(v["detections"], index, args.method)
+
+    category_ids = None
+    if "coco_json" in v:
+        try:
+            cats = json.loads(v["coco_json"].read_text()).get("categories", [])
+            category_ids = {c["name"]: int(c["id"]) for c in cats}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            category_ids = None  # build_coco_index read it already; fall back to label numbers
+    coco = None
+    if args.coco:
+        coco = coco_metrics(evaluation, index, annotation_file=v.get("coco_json"))
+
+    _print_table(evaluation, coco)
+    for message in evaluation.failed:
+        _warn(message)
+
+    written = []
+    if "save_detections" in v:
+        write_detections_dir(evaluation, v["save_detections"])
+        written.append(f"{v['save_detections']}/ (devkit results files)")
+    if "coco_results" in v:
+        results = coco_results(evaluation, index, category_ids=category_ids)
+        try:
+            v["coco_results"].write_text(json.dumps(results, separators=(",", ":")))
+        except OSError as e:
+            raise SSDError(f"--coco-results {v['coco_results']}: cannot write ({e.strerror or e})") from None
+        written.append(str(v["coco_results"]))
+    if "out" in v:
+        metrics = evaluation.to_dict()
+        metrics["dataset"] = {"name": index.name, "source": str(v.get("data") or v.get("voc_root") or v.get("coco_json"))}
+        metrics["checkpoint"] = str(v["checkpoint"]) if "checkpoint" in v else None
+        if coco is not None:
+            metrics["coco"] = coco
+        path = v["out"] / "metrics.json"
+        try:
+            path.write_text(json.dumps(metrics, indent=2) + "\n")
+        except OSError as e:
+            raise SSDError(f"--out {v['out']}: cannot write metrics.json ({e.strerror or e})") from None
+        written.append(str(path))
+        if not args.no_plot:
+            from ssd.plots import plot_pr_curves
+
+            written.append(str(plot_pr_curves(evaluation.voc, v["out"] / "pr_curves.png")))
+    for w in written:
+        print(f"wrote {w}")
+    if evaluation.failed:
+        _warn(f"{len(evaluation.failed)} image(s) could not be read; their objects count as missed")
+        return EXIT_SOME_FAILED
+    return 0
