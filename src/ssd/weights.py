@@ -66,7 +66,7 @@ def imagenet_vgg16_state() -> dict[str, Tensor]:
 
     weights = VGG16_Weights.IMAGENET1K_V1
     try:
-        return weights.get_state_dict(progress=True, check_hash=True)
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except Exception as e:  # network errors come in many types
         raise SSDError(
             f"could not download ImageNet VGG16 weights ({type(e).__name__}: {e}). Without internet, "
