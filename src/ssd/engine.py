@@ -62,12 +62,14 @@ class TrainConfig:
     val_data: str | None = None  # index evaluated every `eval_every` iterations
     out_dir: str = "runs/ssd"
     preset: str = "ssd300"
+    image_size: int | None = None  # None: the preset's
     batch_norm: bool | None = None  # None: the preset's
     pretrained_base: str = "auto"  # imagenet | PATH | none | auto (imagenet where it fits, else none)
     init_from: str | None = None  # fine-tune from one of our checkpoints
     resume: str | None = None  # a last.ckpt to continue
 
     batch_size: int = 32
+    reference_batch: int = REFERENCE_BATCH  # the batch size that iterations and milestones are given at
     iterations: int = 120_000
     milestones: tuple[int, ...] = (80_000, 100_000)
     lr: float = 1e-3
@@ -82,7 +84,7 @@ class TrainConfig:
     force_best_prior: bool = True
     keep_difficult: bool = True
 
-    augment: bool = True
+    augment: Literal["ssd", "flip", "none"] = "ssd"  # the SSD augmentations, horizontal flips only, or none
     mirror_boxes: bool = True  # False only to show that a broken flip hurts (tests, docs)
     workers: int = 4
     seed: int = 0
@@ -101,7 +103,7 @@ class TrainConfig:
     def validate(self) -> None:
         if not self.train_data and not self.resume:
             raise SSDError("--data: give the training index (made by `ssd data`)")
-        for name in ("batch_size", "iterations", "accumulate", "log_every", "checkpoint_every"):
+        for name in ("batch_size", "reference_batch", "iterations", "accumulate", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise SSDError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.workers < 0:
@@ -114,6 +116,10 @@ class TrainConfig:
             raise SSDError(f"--grad-clip must be positive, got {self.grad_clip}")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise SSDError(f"--amp must be auto, bf16, fp16 or none, not {self.amp!r}")
+        if self.augment not in ("ssd", "flip", "none"):
+            raise SSDError(f"--augment must be ssd, flip or none, not {self.augment!r}")
+        if self.image_size is not None and self.image_size < 32:
+            raise SSDError(f"--image-size must be at least 32, got {self.image_size}")
         if self.loc_loss not in ("smooth_l1", "l1_mean"):
             raise SSDError(f"--loc-loss must be smooth_l1 or l1_mean, not {self.loc_loss!r}")
         for name in ("train_data", "val_data", "init_from", "resume"):
@@ -143,7 +149,7 @@ class TrainConfig:
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {},
     # From random weights: BatchNorm, warm-up, a larger rate, gradient clipping (see docs/training.md).
-    "scratch": {"batch_norm": True, "pretrained_base": "none", "lr": 2e-2, "warmup": 1000, "grad_clip": 10.0},
+    "scratch": {"batch_norm": True, "pretrained_base": "none", "lr": 1e-2, "warmup": 500, "grad_clip": 10.0},
 }
 """Named sets of TrainConfig overrides."""
 
@@ -175,14 +181,14 @@ class Schedule:
 
 
 def resolve_schedule(cfg: TrainConfig) -> Schedule:
-    """Scale iteration counts from batch 32 to the actual (global, accumulated) batch size."""
+    """Scale iteration counts from the reference batch (32) to the actual (global, accumulated) batch."""
     batch = cfg.batch_size * cfg.accumulate
-    scale = REFERENCE_BATCH / batch
+    scale = cfg.reference_batch / batch
 
     def it(x: int) -> int:
         return max(1, round(x * scale)) if x else 0
 
-    lr = cfg.lr * (batch / REFERENCE_BATCH if cfg.scale_lr else 1.0)
+    lr = cfg.lr * (batch / cfg.reference_batch if cfg.scale_lr else 1.0)
     return Schedule(it(cfg.iterations), tuple(it(m) for m in cfg.milestones), it(cfg.warmup), lr,
                     it(cfg.checkpoint_every), it(cfg.eval_every))  # fmt: skip
 
@@ -418,6 +424,8 @@ def train(
         load_state(model, resume_ckpt["model"])
     else:
         overrides = {} if cfg.batch_norm is None else {"batch_norm": cfg.batch_norm}
+        if cfg.image_size is not None:
+            overrides["image_size"] = cfg.image_size
         model_config = get_preset(cfg.preset, train_index.classes, **overrides)
         model = SSD(model_config)
         if cfg.init_from:
@@ -461,10 +469,14 @@ def train(
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(ddp_model) if cfg.compile else ddp_model
 
-    transform = (
-        TrainTransform(model_config.image_size, model_config.mean, mirror_boxes=cfg.mirror_boxes)
-        if cfg.augment else EvalTransform(model_config.image_size)
-    )  # fmt: skip
+    if cfg.augment == "none":
+        transform = EvalTransform(model_config.image_size)
+    else:
+        full = cfg.augment == "ssd"
+        transform = TrainTransform(
+            model_config.image_size, model_config.mean, photometric=full, zoom_out=4.0 if full else 1.0,
+            crop=full, mirror_boxes=cfg.mirror_boxes,
+        )  # fmt: skip
     dataset = DetectionDataset(train_index, transform, seed=cfg.seed, keep_difficult=cfg.keep_difficult)
     sampler = TrainBatchSampler(len(dataset), local_batch, cfg.seed, info.rank, info.world_size)
     loader = torch.utils.data.DataLoader(

@@ -16,7 +16,8 @@ _FIELDS = {
     "grad_clip": "grad_clip", "accumulate": "accumulate", "loc_loss": "loc_loss", "workers": "workers",
     "seed": "seed", "device": "device", "amp": "amp", "channels_last": "channels_last", "compile": "compile",
     "log_every": "log_every", "checkpoint_every": "checkpoint_every", "eval_every": "eval_every",
-    "max_nonfinite": "max_nonfinite", "no_augment": "augment", "no_difficult": "keep_difficult",
+    "max_nonfinite": "max_nonfinite", "augment": "augment", "no_difficult": "keep_difficult",
+    "image_size": "image_size", "reference_batch": "reference_batch",
 }  # fmt: skip
 
 
@@ -43,7 +44,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         value = getattr(args, option)
         if value is None:
             continue
-        if option in ("no_augment", "no_difficult"):
+        if option == "no_difficult":
             value = not value
         given[field] = value
     values.update(given)
@@ -82,7 +83,7 @@ def register(sub) -> None:
     p.add_argument("--preset", help=f"model preset (default {d.preset}); see `ssd presets`")
     p.add_argument("--recipe", choices=("paper", "scratch"), default="paper",
                    help="paper: the paper's SGD recipe (assumes ImageNet weights); scratch: BatchNorm, "
-                   "warm-up, lr 2e-2 and gradient clipping, for training from random weights")  # fmt: skip
+                   "warm-up, lr 1e-2 and gradient clipping at 10, for training from random weights")  # fmt: skip
     bn = p.add_mutually_exclusive_group()
     bn.add_argument("--batch-norm", dest="batch_norm", action="store_true", default=None, help="BatchNorm after every convolution")
     bn.add_argument("--no-batch-norm", dest="batch_norm", action="store_false")
@@ -92,7 +93,11 @@ def register(sub) -> None:
     p.add_argument("--resume", metavar="CKPT", help="continue a run from its last.ckpt")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of options (TrainConfig fields)")
     p.add_argument("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
-    p.add_argument("--iterations", type=int, help=f"iterations at batch 32 (default {d.iterations})")
+    p.add_argument("--iterations", type=int, help=f"iterations at the reference batch (default {d.iterations})")
+    p.add_argument("--reference-batch", type=int,
+                   help="the batch size --iterations, --milestones, --warmup and the *-every options are "
+                   f"counted at (default {d.reference_batch}: the paper's); give your batch size to count "
+                   "iterations as they run")  # fmt: skip
     p.add_argument("--milestones", type=_milestones, help="lr / 10 at these iterations (at batch 32; default 80000,100000)")
     p.add_argument("--lr", type=float, help=f"learning rate (default {d.lr:g}; biases x2)")
     p.add_argument("--scale-lr", action="store_true", default=None, help="scale the rate by batch/32")
@@ -102,7 +107,9 @@ def register(sub) -> None:
     p.add_argument("--grad-clip", type=float, help="clip the gradient norm to this")
     p.add_argument("--accumulate", type=int, help="gradient accumulation steps per iteration")
     p.add_argument("--loc-loss", choices=("smooth_l1", "l1_mean"), help="localisation loss (default smooth_l1, the paper's)")
-    p.add_argument("--no-augment", action="store_true", default=None, help="no augmentation (resize only)")
+    p.add_argument("--augment", choices=("ssd", "flip", "none"),
+                   help="ssd: the paper's augmentations (default); flip: horizontal flips only; none: resize only")  # fmt: skip
+    p.add_argument("--image-size", type=int, help="input side (default: the preset's)")
     p.add_argument("--no-difficult", action="store_true", default=None, help="leave difficult objects out of training")
     p.add_argument("--workers", type=int, help=f"data loader processes (default {d.workers})")
     p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")

@@ -56,8 +56,10 @@ def read_image(path: str) -> Tensor:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     try:
-        data = read_file(path)
-        image = decode_image(data, mode=ImageReadMode.RGB)
+        with warnings.catch_warnings():  # torchvision >= 0.29 announces a move of its decoders to torchcodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            data = read_file(path)
+            image = decode_image(data, mode=ImageReadMode.RGB)
         if image.dtype != torch.uint8:  # 16-bit PNG
             image = (image.float() / 257.0).round().to(torch.uint8)
         return image

@@ -1,0 +1,206 @@
+"""The training loop: schedule, optimiser groups, bit-exact resume, Ctrl-C, divergence, crashes, DDP."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssd import load_checkpoint
+from ssd.data.index import build_voc_index
+from ssd.data.synthetic import SyntheticConfig, generate_synthetic
+from ssd.engine import TrainConfig, TrainingDiverged, make_optimizer, resolve_schedule, train
+from ssd.model import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """16 synthetic training images, indexed."""
+    root = tmp_path_factory.mktemp("tiny")
+    summary = generate_synthetic(root / "VOC", SyntheticConfig(num_trainval=16, num_test=4, seed=3))
+    index = build_voc_index("train", [(summary.voc_root, "trainval")], summary.classes)
+    return index.save(root / "train.json")
+
+
+def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        train_data=str(data), out_dir=str(out), preset="small", image_size=96, batch_size=4, reference_batch=4,
+        iterations=8, milestones=(), lr=1e-3, workers=0, progress=False, tensorboard=False,
+        log_every=1, checkpoint_every=10_000, seed=1,
+    )  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_schedule_scales_with_batch_size():
+    s = resolve_schedule(TrainConfig(train_data="x", batch_size=8))
+    assert (s.iterations, s.milestones, s.lr) == (480_000, (320_000, 400_000), 1e-3)
+    s = resolve_schedule(TrainConfig(train_data="x", batch_size=64, scale_lr=True))
+    assert (s.iterations, s.milestones, s.lr) == (60_000, (40_000, 50_000), 2e-3)
+    s = resolve_schedule(TrainConfig(train_data="x", batch_size=16, accumulate=2, warmup=100))
+    assert s.iterations == 120_000 and s.warmup == 100
+    assert s.lr_factor(0) == pytest.approx(0.01) and s.lr_factor(99) == 1.0
+    assert s.lr_factor(80_000) == pytest.approx(0.1) and s.lr_factor(100_000) == pytest.approx(0.01)
+    assert "divided by 10 at 80000, 100000" in s.describe(32)
+
+
+def test_biases_get_twice_the_rate_and_no_decay():
+    model = build_model("small", 2)
+    opt = make_optimizer(model, TrainConfig(train_data="x"), 1e-3)
+    weights, biases = opt.param_groups
+    assert (weights["lr"], weights["weight_decay"]) == (1e-3, 5e-4)
+    assert (biases["lr"], biases["weight_decay"]) == (2e-3, 0.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith(".bias") for p in biases["params"])
+    assert len(weights["params"]) + len(biases["params"]) == len(list(model.parameters()))
+
+
+def test_training_writes_a_run_folder_and_learns(tiny_data, tmp_path):
+    result = train(_cfg(tiny_data, tmp_path / "run", iterations=24, augment="none", batch_norm=True, lr=1e-2, warmup=4, grad_clip=10.0), log=lambda m: None)
+    run = tmp_path / "run"
+    assert {"config.json", "log.jsonl", "last.ckpt", "model.ckpt"} <= {p.name for p in run.iterdir()}
+    import json
+
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == result.step == 24
+    first, last = (sum(r["total"] for r in part) / 6 for part in (records[:6], records[-6:]))
+    assert last < 0.8 * first
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_config"]["image_size"] == 96 and config["versions"]["torch"] == torch.__version__
+    assert load_checkpoint(run / "last.ckpt")["step"] == 24
+
+
+def test_resume_is_bit_exact_with_workers(tiny_data, tmp_path):
+    full = train(_cfg(tiny_data, tmp_path / "full", workers=2), log=lambda m: None)
+    half = _cfg(tiny_data, tmp_path / "half", workers=2, iterations=4)
+    train(half, log=lambda m: None)
+    resumed = train(TrainConfig(resume=str(tmp_path / "half" / "last.ckpt")), log=lambda m: None,
+                    resume_overrides={"iterations": 8, "workers": 2, "progress": False, "tensorboard": False})  # fmt: skip
+    assert full.step == resumed.step == 8
+    a, b = _weights(tmp_path / "full" / "last.ckpt"), _weights(tmp_path / "half" / "last.ckpt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    oa = load_checkpoint(tmp_path / "full" / "last.ckpt")["optimizer"]["state"]
+    ob = load_checkpoint(tmp_path / "half" / "last.ckpt")["optimizer"]["state"]
+    assert all(torch.equal(oa[k]["momentum_buffer"], ob[k]["momentum_buffer"]) for k in oa)
+
+
+def test_resume_refuses_changes_to_the_run(tiny_data, tmp_path):
+    from ssd import SSDError
+
+    train(_cfg(tiny_data, tmp_path / "r", iterations=1), log=lambda m: None)
+    with pytest.raises(SSDError, match="cannot change: lr"):
+        train(TrainConfig(resume=str(tmp_path / "r" / "last.ckpt")), log=lambda m: None, resume_overrides={"lr": 1.0})
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
+    from ssd import loss as loss_module
+
+    real = loss_module.MultiBoxLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        calls["n"] += 1
+        out = real(self, *args, **kwargs)
+        if calls["n"] == 4:
+            return type(out)(out.total * float("nan"), out.loc, out.cls)
+        return out
+
+    monkeypatch.setattr(loss_module.MultiBoxLoss, "forward", poisoned)
+    cfg = _cfg(tiny_data, tmp_path / "nan", checkpoint_every=2)
+    with pytest.raises(TrainingDiverged, match="non-finite at step 4.*last.ckpt"):
+        train(cfg, log=lambda m: None)
+    assert load_checkpoint(tmp_path / "nan" / "last.ckpt")["step"] == 2
+    # With a budget of skipped steps it goes on.
+    calls["n"] = 0
+    result = train(dataclasses.replace(cfg, out_dir=str(tmp_path / "skip"), max_nonfinite=1), log=lambda m: None)
+    assert result.step == 8
+
+
+def _cli(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "ssd.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)  # fmt: skip
+
+
+def _train_args(data: Path, out: Path, iterations: int, every: int = 10_000) -> list[str]:
+    return ["train", "--data", str(data), "--out", str(out), "--preset", "small", "--image-size", "96",
+            "--batch-size", "4", "--reference-batch", "4", "--iterations", str(iterations), "--milestones", "", "--workers", "0",
+            "--log-every", "1", "--checkpoint-every", str(every), "--seed", "1"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_resume_continues(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    proc = _cli(*_train_args(tiny_data, run, 10_000))
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "log.jsonl").exists():
+        time.sleep(0.2)
+    while time.time() < deadline and (run / "log.jsonl").stat().st_size == 0:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "state saved" in err and "Traceback" not in err
+    step = load_checkpoint(run / "last.ckpt")["step"]
+    assert step >= 1
+    resumed = _cli("train", "--resume", str(run / "last.ckpt"), "--iterations", str(step + 2))
+    out, err = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err
+    assert load_checkpoint(run / "last.ckpt")["step"] == step + 2
+
+
+@pytest.mark.slow
+def test_kill_during_checkpoint_write_keeps_the_previous_one(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    first = _cli(*_train_args(tiny_data, run, 2))
+    assert first.wait(timeout=180) == 0, first.stderr.read()
+    # Resume with the writer pausing after the temporary file is complete, then kill it there.
+    proc = _cli("train", "--resume", str(run / "last.ckpt"), "--iterations", "4", "--checkpoint-every", "1",
+                env_extra={"SSD_FAULT_PAUSE_CHECKPOINT_WRITE": "60"})  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(run.glob(".last.ckpt.*.tmp")):
+        time.sleep(0.1)
+    assert list(run.glob(".last.ckpt.*.tmp")), "the writer never reached the pause"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert load_checkpoint(run / "last.ckpt")["step"] == 2
+    again = _cli("train", "--resume", str(run / "last.ckpt"), "--iterations", "4")
+    assert again.wait(timeout=180) == 0, again.stderr.read()
+    assert load_checkpoint(run / "last.ckpt")["step"] == 4
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, cfg_dict: dict) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        train(TrainConfig.from_dict(cfg_dict), log=lambda m: None)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_with_gloo_equals_one_process_with_the_global_batch(tiny_data, tmp_path):
+    cfg = _cfg(tiny_data, tmp_path / "ddp", batch_size=8, reference_batch=8, iterations=3, augment="flip", lr=1e-3)
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), cfg.to_dict()), nprocs=2, join=True)
+    single = dataclasses.replace(cfg, out_dir=str(tmp_path / "single"))
+    train(single, log=lambda m: None)
+    a, b = _weights(tmp_path / "ddp" / "last.ckpt"), _weights(tmp_path / "single" / "last.ckpt")
+    assert load_checkpoint(tmp_path / "ddp" / "last.ckpt")["step"] == 3
+    moved = max((b[k] - build_model("small", 6, image_size=96).state_dict()[k]).abs().max() for k in ["loc_heads.0.weight"])
+    assert moved > 1e-4  # the weights did change
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
