@@ -86,16 +86,30 @@ def _existing_dir(path: str, option: str) -> Path:
 
 
 def _writable_dir(path: str, option: str) -> Path:
+    """Check that ``path`` is, or can be created as, a writable folder (created later, once all options pass)."""
     p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise SSDError(f"{option} {path}: exists and is not a folder")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SSDError(f"{option} {path}: cannot create the folder ({e.strerror or e})") from None
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise SSDError(f"{option} {path}: the folder is not writable")
+    if p.exists():
+        if not p.is_dir():
+            raise SSDError(f"{option} {path}: exists and is not a folder")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise SSDError(f"{option} {path}: the folder is not writable")
+        return p
+    ancestor = p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise SSDError(f"{option} {path}: cannot create the folder ({ancestor} is not a folder)")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise SSDError(f"{option} {path}: cannot create the folder ({ancestor} is not writable)")
     return p
+
+
+def _create_dirs(folders: list[tuple[Path, str]]) -> None:
+    for folder, option in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SSDError(f"{option} {folder}: cannot create the folder ({e.strerror or e})") from None
 
 
 def _writable_file(path: str, option: str) -> Path:
@@ -203,6 +217,11 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
             _import_pycocotools()
         except SSDError as e:
             raise SSDError(f"--coco: {e}") from None
+    # Every option is valid: only now create the output folders.
+    _create_dirs(
+        [(v[key], option) for key, option in (("out", "--out"), ("save_detections", "--save-detections")) if key in v]
+        + ([(v["coco_results"].parent, "--coco-results")] if "coco_results" in v else [])
+    )
     return v
 
 

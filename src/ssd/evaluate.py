@@ -1,0 +1,695 @@
+"""Evaluation: run a model over a dataset split and score it as the official VOC devkit does (and COCO-style).
+
+The flow::
+
+    DatasetIndex (continuous pixels, difficult flags)
+      -> images resized to S x S (EvalTransform), batched, on the model's device (bf16 autocast on CUDA)
+      -> model -> postprocess (score > min_score, NMS max_overlap, top_k per image), boxes scaled to each
+         image's original size: continuous pixels [x1, y1, x2, y2] (see ssd.data.voc for the convention)
+      -> Evaluation: the detections, and their VOC score (ssd.metrics, devkit rules, devkit pixels)
+
+The same scorer reads devkit results files (:func:`score_detections_dir`), so results of any detector are
+scored by the same code, and :func:`write_detections_dir` writes them. :func:`coco_results` and
+:func:`coco_metrics` give the COCO results JSON and COCO-style AP through pycocotools (an optional
+dependency). See ``docs/evaluation.md`` for the rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor, nn
+
+from ssd.data.index import DatasetIndex
+from ssd.data.voc import continuous_to_voc_pixels, voc_pixels_to_continuous
+from ssd.errors import SSDError
+from ssd.metrics import (
+    DEFAULT_RESULTS_PATTERN,
+    APMethod,
+    ClassDetections,
+    VOCGroundTruth,
+    VOCResult,
+    evaluate_voc,
+    read_results_dir,
+    write_results_dir,
+)
+from ssd.postprocess import Detections, postprocess
+
+__all__ = [
+    "Evaluation",
+    "evaluate",
+    "ground_truth",
+    "score_detections",
+    "score_detections_dir",
+    "write_detections_dir",
+    "coco_results",
+    "coco_metrics",
+    "COCO_METRIC_NAMES",
+]
+
+COCO_METRIC_NAMES: tuple[str, ...] = (
+    "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+)  # fmt: skip
+"""Names of pycocotools' ``COCOeval.stats``, in order (AP@[.5:.95], AP@.5, AP@.75, by area, then recalls)."""
+
+
+def _readonly(arr: np.ndarray) -> np.ndarray:
+    arr.flags.writeable = False
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class Evaluation:
+    """Detections on a dataset split and their VOC score.
+
+    Detections are stored flat, one row per detection, grouped by image in index order and best score
+    first within an image (the order :func:`~ssd.postprocess.postprocess` returns; it also breaks exact score
+    ties when scoring).
+
+    Attributes:
+        voc: per-class AP, mAP and precision/recall curves (devkit rules, :mod:`ssd.metrics`).
+        class_names: foreground classes; label ``i`` is ``class_names[i - 1]`` (the index's classes).
+        image_ids: the index's image ids, in order; ``det_image_idx`` indexes this tuple.
+        det_image_idx: ``(D,)`` int64 image of each detection.
+        det_labels: ``(D,)`` int64 labels in ``1..len(class_names)``.
+        det_scores: ``(D,)`` float64 confidences.
+        det_boxes_xyxy_abs: ``(D, 4)`` float64 continuous pixels of the original image ``[x1, y1, x2, y2]``
+            (devkit pixels are ``[x1 + 1, y1 + 1, x2, y2]``).
+        num_images: images evaluated (``len(image_ids)``).
+        seconds: wall time of the whole evaluation (inference and scoring).
+        images_per_second: ``num_images / seconds``.
+        settings: the test-time settings used (min_score, max_overlap, top_k, method, device, amp, ...).
+        failed: one message per image that could not be read; such an image has no detections, so its
+            objects count as missed.
+    """
+
+    voc: VOCResult
+    class_names: tuple[str, ...]
+    image_ids: tuple[str, ...]
+    det_image_idx: NDArray[np.int64]
+    det_labels: NDArray[np.int64]
+    det_scores: NDArray[np.float64]
+    det_boxes_xyxy_abs: NDArray[np.float64]
+    num_images: int
+    seconds: float
+    images_per_second: float
+    settings: dict[str, Any] = field(default_factory=dict)
+    failed: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        img = np.array(self.det_image_idx, dtype=np.int64).reshape(-1)
+        labels = np.array(self.det_labels, dtype=np.int64).reshape(-1)
+        scores = np.array(self.det_scores, dtype=np.float64).reshape(-1)
+        boxes = np.array(self.det_boxes_xyxy_abs, dtype=np.float64).reshape(-1, 4)
+        if not (img.shape[0] == labels.shape[0] == scores.shape[0] == boxes.shape[0]):
+            raise ValueError("Evaluation: detection arrays differ in length")
+        object.__setattr__(self, "det_image_idx", _readonly(img))
+        object.__setattr__(self, "det_labels", _readonly(labels))
+        object.__setattr__(self, "det_scores", _readonly(scores))
+        object.__setattr__(self, "det_boxes_xyxy_abs", _readonly(boxes))
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "image_ids", tuple(self.image_ids))
+        object.__setattr__(self, "failed", tuple(self.failed))
+
+    @property
+    def mAP(self) -> float:
+        """The VOC mAP (NaN when no class has a non-difficult object)."""
+        return self.voc.mAP
+
+    @property
+    def num_detections(self) -> int:
+        return int(self.det_scores.shape[0])
+
+    def detections(self) -> list[Detections]:
+        """Per image (index order), its detections as tensors, boxes ``xyxy_abs`` continuous pixels."""
+        counts = np.bincount(self.det_image_idx, minlength=self.num_images).tolist()
+        starts = np.concatenate(([0], np.cumsum(counts)))
+        out = []
+        for i in range(self.num_images):
+            s, e = int(starts[i]), int(starts[i + 1])
+            out.append(
+                Detections(
+                    torch.from_numpy(self.det_boxes_xyxy_abs[s:e].copy()),
+                    torch.from_numpy(self.det_labels[s:e].copy()),
+                    torch.from_numpy(self.det_scores[s:e].copy()),
+                )
+            )
+        return out
+
+    def class_detections(self) -> dict[int, ClassDetections]:
+        """Per label, its detections in devkit pixels, in the stored order (the scorer's input)."""
+        return _class_detections(
+            self.det_image_idx, self.det_labels, self.det_scores, self.det_boxes_xyxy_abs, len(self.class_names)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: ``mAP``, ``method``, ``ap`` per class (null where a class has no
+        non-difficult object), counts, timing, settings and failures. NaN becomes null."""
+        out: dict[str, Any] = dict(self.voc.to_dict())
+        out.update(
+            {
+                "num_images": self.num_images,
+                "num_detections": self.num_detections,
+                "seconds": _finite_or_none(self.seconds),
+                "images_per_second": _finite_or_none(self.images_per_second),
+                "settings": dict(self.settings),
+                "failed": list(self.failed),
+            }
+        )
+        return out
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _class_detections(
+    image_idx: np.ndarray, labels: np.ndarray, scores: np.ndarray, boxes_xyxy_abs: np.ndarray, num_fg: int
+) -> dict[int, ClassDetections]:
+    out = {}
+    for label in range(1, num_fg + 1):
+        sel = labels == label
+        out[label] = ClassDetections(image_idx[sel], scores[sel], continuous_to_voc_pixels(boxes_xyxy_abs[sel]))
+    return out
+
+
+def ground_truth(index: DatasetIndex) -> list[VOCGroundTruth]:
+    """One :class:`~ssd.metrics.VOCGroundTruth` per image of ``index`` (continuous -> devkit pixels)."""
+    return [
+        VOCGroundTruth(continuous_to_voc_pixels(r.boxes_xyxy_abs), r.labels, r.difficult) for r in index.images
+    ]
+
+
+def _check_method(method: str) -> None:
+    if method not in ("voc07", "voc12"):
+        raise SSDError(f"method must be voc07 or voc12, not {method!r}")
+
+
+def _make_evaluation(
+    index: DatasetIndex,
+    image_idx: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    boxes_xyxy_abs: np.ndarray,
+    method: str,
+    started: float,
+    settings: dict[str, Any],
+    failed: Sequence[str] = (),
+    by_class: Mapping[int, ClassDetections] | None = None,
+) -> Evaluation:
+    """Score flat detections (continuous pixels) on ``index``; ``by_class`` (devkit pixels), when given, is
+    what is scored instead (results files' boxes as read, without a round trip through continuous pixels)."""
+    if by_class is None:
+        by_class = _class_detections(image_idx, labels, scores, boxes_xyxy_abs, len(index.classes))
+    voc = evaluate_voc(by_class, ground_truth(index), index.classes, method=method)  # type: ignore[arg-type]
+    seconds = time.perf_counter() - started
+    n = len(index.images)
+    return Evaluation(
+        voc=voc,
+        class_names=tuple(index.classes),
+        image_ids=tuple(r.id for r in index.images),
+        det_image_idx=image_idx,
+        det_labels=labels,
+        det_scores=scores,
+        det_boxes_xyxy_abs=boxes_xyxy_abs,
+        num_images=n,
+        seconds=seconds,
+        images_per_second=n / seconds if seconds > 0 else float("nan"),
+        settings=settings,
+        failed=tuple(failed),
+    )
+
+
+def score_detections(
+    detections: Sequence[Detections], index: DatasetIndex, method: APMethod = "voc07"
+) -> Evaluation:
+    """Score detections already made, one :class:`~ssd.postprocess.Detections` per image of ``index`` (in
+    order), boxes ``xyxy_abs`` in continuous pixels of the original image, labels in ``1..len(index.classes)``.
+
+    E.g. ``model.detect(images, image_sizes=...)`` output. Detections are taken in the given order (it
+    breaks exact score ties).
+    """
+    started = time.perf_counter()
+    _check_method(method)
+    if len(detections) != len(index.images):
+        raise SSDError(f"{len(detections)} detection records for {len(index.images)} images")
+    counts = [int(d.scores.numel()) for d in detections]
+    image_idx = np.repeat(np.arange(len(detections), dtype=np.int64), counts)
+    if sum(counts):
+        labels = torch.cat([d.labels.reshape(-1) for d in detections]).cpu().numpy().astype(np.int64)
+        scores = torch.cat([d.scores.reshape(-1) for d in detections]).cpu().double().numpy()
+        boxes = torch.cat([d.boxes.reshape(-1, 4) for d in detections]).cpu().double().numpy()
+    else:
+        labels, scores, boxes = np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4))
+    return _make_evaluation(index, image_idx, labels, scores, boxes, method, started, {"method": method})
+
+
+def score_detections_dir(
+    results_dir: str | Path,
+    index: DatasetIndex,
+    method: APMethod = "voc07",
+    *,
+    pattern: str = DEFAULT_RESULTS_PATTERN,
+) -> Evaluation:
+    """Score devkit results files without a model (``ssd eval --detections DIR``).
+
+    ``results_dir / pattern.format(cls=name)`` holds the detections of class ``name`` (lines ``<image_id>
+    <score> <xmin> <ymin> <xmax> <ymax>``, devkit pixels); a missing file means no detections of that class,
+    but at least one file must exist. Image ids must be ids of ``index``. Detections are scored in file
+    order within a class (it breaks exact score ties), and stored converted to continuous pixels.
+
+    Raises:
+        SSDError: when the folder is missing, holds no results file, or a file is malformed (naming the
+            file and line).
+    """
+    started = time.perf_counter()
+    _check_method(method)
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise SSDError(f"results folder not found: {results_dir}")
+    if not any((results_dir / pattern.format(cls=c)).is_file() for c in index.classes):
+        example = pattern.format(cls=index.classes[0]) if index.classes else pattern
+        raise SSDError(f"{results_dir}: no results files (expected names like {example})")
+    image_ids = [r.id for r in index.images]
+    by_class = read_results_dir(results_dir, index.classes, image_ids, pattern=pattern)
+    parts = [(label, d) for label, d in sorted(by_class.items()) if len(d)]
+    if parts:
+        image_idx = np.concatenate([d.image_idx for _, d in parts])
+        labels = np.concatenate([np.full(len(d), label, dtype=np.int64) for label, d in parts])
+        scores = np.concatenate([d.scores for _, d in parts])
+        boxes = voc_pixels_to_continuous(np.concatenate([d.boxes for _, d in parts]))
+    else:
+        image_idx, labels, scores, boxes = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4))
+    settings = {"method": method, "results_dir": str(results_dir)}
+    return _make_evaluation(index, image_idx, labels, scores, boxes, method, started, settings, by_class=by_class)
+
+
+def write_detections_dir(
+    evaluation: Evaluation,
+    results_dir: str | Path,
+    class_names: Sequence[str] | None = None,
+    *,
+    pattern: str = DEFAULT_RESULTS_PATTERN,
+) -> list[Path]:
+    """Write devkit results files ``comp4_det_test_<class>.txt``: one per class of ``class_names`` (default:
+    the evaluation's), lines ``<image_id> <score> <xmin> <ymin> <xmax> <ymax>`` with 6 decimals, boxes in
+    1-based devkit pixels of the original image.
+
+    Within a file, lines are in descending score (a stable sort of the stored order), so reading the files
+    back scores the same: file order breaks exact score ties, including ties that 6-decimal rounding makes.
+    Returns the paths written.
+    """
+    names = tuple(evaluation.class_names if class_names is None else class_names)
+    label_of = {n: i for i, n in enumerate(evaluation.class_names, start=1)}
+    unknown = [n for n in names if n not in label_of]
+    if unknown:
+        raise SSDError(f"classes not in the evaluation: {', '.join(unknown)}")
+    dets = evaluation.class_detections()
+    by_class = {}
+    for k, name in enumerate(names, start=1):
+        d = dets[label_of[name]]
+        order = np.argsort(-d.scores, kind="stable")
+        by_class[k] = ClassDetections(d.image_idx[order], d.scores[order], d.boxes[order])
+    try:
+        return write_results_dir(results_dir, by_class, evaluation.image_ids, names, pattern=pattern)
+    except OSError as e:
+        raise SSDError(f"cannot write results files to {results_dir}: {e.strerror or e}") from None
+
+
+# --------------------------------------------------------------------------------------------- inference
+
+
+class _EvalImages(torch.utils.data.Dataset):
+    """The images of an index resized for the model; an unreadable image yields a blank one and its error."""
+
+    def __init__(self, index: DatasetIndex, size: int) -> None:
+        from ssd.data.transforms import EvalTransform
+
+        self.index = index
+        self.size = size
+        self.transform = EvalTransform(size)
+
+    def __len__(self) -> int:
+        return len(self.index.images)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, tuple[int, int], str | None]:
+        from ssd.data.dataset import read_image
+        from ssd.data.transforms import Target
+
+        record = self.index.images[i]
+        try:
+            image = read_image(record.file)
+            if image.shape[-2] < 1 or image.shape[-1] < 1:
+                raise SSDError(f"{record.file}: empty image")
+        except SSDError as e:
+            return torch.zeros(3, self.size, self.size), i, (record.height, record.width), str(e)
+        empty = Target(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.bool))
+        image, _ = self.transform(image, empty)
+        return image, i, (record.height, record.width), None
+
+
+def _collate(items):
+    images, idx, sizes, errors = zip(*items)
+    return torch.stack(images), torch.tensor(idx, dtype=torch.int64), torch.tensor(sizes, dtype=torch.int64), errors
+
+
+def _unwrap(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """``(runnable, core)``: the model without DistributedDataParallel / DataParallel wrappers (whose forward
+    would synchronise processes), and the SSD inside it (also without a ``torch.compile`` wrapper)."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    core = model
+    while isinstance(getattr(core, "_orig_mod", None), nn.Module):
+        core = core._orig_mod
+    return model, core
+
+
+def _label_map(model_classes: Sequence[str], index_classes: Sequence[str]) -> np.ndarray:
+    """Model label -> index label (0: a class the index does not have; its detections are dropped)."""
+    missing = [c for c in index_classes if c not in model_classes]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise SSDError(f"the model does not know {len(missing)} class(es) of the dataset: {shown}")
+    position = {c: i for i, c in enumerate(index_classes, start=1)}
+    return np.array([0] + [position.get(c, 0) for c in model_classes], dtype=np.int64)
+
+
+def _validate(batch_size: int, workers: int, min_score: float, max_overlap: float, top_k: int, method: str) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise SSDError(f"batch_size must be a positive integer, not {batch_size!r}")
+    if not isinstance(workers, int) or workers < 0:
+        raise SSDError(f"workers must be 0 or more, not {workers!r}")
+    if not (0.0 <= float(min_score) <= 1.0):
+        raise SSDError(f"min_score must be in [0, 1], not {min_score!r}")
+    if not (0.0 < float(max_overlap) <= 1.0):
+        raise SSDError(f"max_overlap must be in (0, 1], not {max_overlap!r}")
+    if not isinstance(top_k, int) or top_k < 1:
+        raise SSDError(f"top_k must be a positive integer, not {top_k!r}")
+    _check_method(method)
+
+
+def evaluate(
+    model: nn.Module,
+    index: DatasetIndex,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    amp: bool | None = None,
+    workers: int = 0,
+    min_score: float = 0.01,
+    max_overlap: float = 0.45,
+    top_k: int = 200,
+    method: APMethod = "voc07",
+    progress: bool = False,
+) -> Evaluation:
+    """Run ``model`` over the images of ``index`` and score its detections with the devkit's rules.
+
+    Args:
+        model: an :class:`~ssd.model.SSD` (also inside DDP or ``torch.compile``). It is put in eval mode and
+            its mode restored afterwards; if ``device`` differs from its device it is moved there and back.
+        index: the split; its classes name the labels of the result. Model classes are matched by name: a
+            model class the index lacks is dropped, an index class the model lacks is an error.
+        batch_size: images per forward pass.
+        device: where to run ("auto", "cpu", "cuda", ...; default: the model's device).
+        amp: bf16 autocast (default: on for CUDA, off elsewhere).
+        workers: DataLoader worker processes decoding images (0: in this process).
+        min_score, max_overlap, top_k: test-time settings (the paper's defaults).
+        method: ``"voc07"`` (11-point, the paper's) or ``"voc12"`` (area).
+        progress: show a tqdm progress bar (on stderr).
+
+    An image that cannot be read gets no detections (its objects count as missed) and a message in
+    :attr:`Evaluation.failed`; the others are still evaluated.
+
+    Raises:
+        SSDError: for an invalid setting or a class mismatch.
+    """
+    started = time.perf_counter()
+    _validate(batch_size, workers, min_score, max_overlap, top_k, method)
+    runnable, core = _unwrap(model)
+    config = getattr(core, "config", None)
+    if config is None or not hasattr(core, "priors_cxcywh"):
+        raise SSDError(f"evaluate() needs an ssd.SSD model, got {type(core).__name__}")
+    to_index = _label_map(config.class_names, index.classes)
+
+    home = next(iter(core.parameters())).device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        run_on = torch.device(device) if device is not None else home
+    except (RuntimeError, ValueError):
+        raise SSDError(f"not a device: {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if run_on.type == "cuda" and not torch.cuda.is_available():
+        raise SSDError(f"device {device!r}: CUDA is not available")
+    if run_on.type == "cuda" and run_on.index is None:
+        run_on = torch.device("cuda", torch.cuda.current_device())
+    use_amp = run_on.type == "cuda" if amp is None else bool(amp)
+    net = runnable if run_on == home else core  # a compiled wrapper is specialised: move the bare model
+
+    loader = torch.utils.data.DataLoader(
+        _EvalImages(index, config.image_size),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=run_on.type == "cuda",
+    )
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(index.images), desc=f"evaluating {index.name}", unit="img", leave=False)
+
+    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    failed: list[str] = []
+    was_training = runnable.training
+    moved = run_on != home
+    try:
+        if moved:
+            core.to(run_on)
+        net.eval()
+        priors = core.priors_cxcywh
+        with torch.inference_mode():
+            for images, idx, sizes, errors in loader:
+                images = images.to(run_on, non_blocking=True)
+                with torch.autocast(run_on.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loc_offsets, cls_logits = net(images)
+                dets = postprocess(
+                    loc_offsets.float(), cls_logits.float(), priors, config.decode,
+                    min_score=min_score, max_overlap=max_overlap, top_k=top_k, image_sizes=sizes,
+                )  # fmt: skip
+                ok = [e is None for e in errors]
+                failed += [e for e in errors if e is not None]
+                counts = [int(d.scores.shape[0]) if good else 0 for d, good in zip(dets, ok)]
+                kept = [d for d, good in zip(dets, ok) if good]
+                if sum(counts):
+                    # One transfer per batch; images within the batch stay in order, best score first.
+                    boxes = torch.cat([d.boxes for d in kept]).cpu().double().numpy()
+                    labels = torch.cat([d.labels for d in kept]).cpu().numpy()
+                    scores = torch.cat([d.scores for d in kept]).cpu().double().numpy()
+                    image_idx = np.repeat(idx.numpy(), counts)
+                    labels = to_index[labels]
+                    keep = labels > 0
+                    chunks.append((image_idx[keep], labels[keep], scores[keep], boxes[keep]))
+                if bar is not None:
+                    bar.update(len(idx))
+    finally:
+        if bar is not None:
+            bar.close()
+        runnable.train(was_training)  # also restores the SSD inside a compiled wrapper
+        if moved:
+            core.to(home)
+
+    if chunks:
+        image_idx, labels, scores, boxes = (np.concatenate(parts) for parts in zip(*chunks))
+    else:
+        image_idx, labels, scores, boxes = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4))
+    settings = {
+        "min_score": float(min_score),
+        "max_overlap": float(max_overlap),
+        "top_k": int(top_k),
+        "method": method,
+        "batch_size": batch_size,
+        "device": str(run_on),
+        "amp": "bf16" if use_amp else None,
+        "image_size": int(config.image_size),
+        "preset": getattr(config, "preset", None),
+    }
+    return _make_evaluation(index, image_idx, labels.astype(np.int64), scores, boxes, method, started, settings, failed)
+
+
+# --------------------------------------------------------------------------------------------------- COCO
+
+
+def _coco_image_id(image_id: str) -> int | str:
+    """COCO ids are integers: an all-digit id becomes its integer, anything else stays a string."""
+    return int(image_id) if image_id.isdigit() else image_id
+
+
+def _category_ids(class_names: Sequence[str], category_ids: Mapping[str, int] | Sequence[int] | None) -> list[int]:
+    if category_ids is None:
+        return list(range(1, len(class_names) + 1))
+    if isinstance(category_ids, Mapping):
+        missing = [c for c in class_names if c not in category_ids]
+        if missing:
+            raise SSDError(f"no COCO category id for class(es) {', '.join(missing)}")
+        return [int(category_ids[c]) for c in class_names]
+    ids = [int(c) for c in category_ids]
+    if len(ids) != len(class_names):
+        raise SSDError(f"{len(ids)} category ids for {len(class_names)} classes")
+    return ids
+
+
+def _top_per_image(evaluation: Evaluation, max_per_image: int | None) -> np.ndarray:
+    """Indices of the detections kept when only the best ``max_per_image`` of each image count."""
+    n = evaluation.num_detections
+    if max_per_image is None:
+        return np.arange(n)
+    if max_per_image < 1:
+        raise SSDError(f"max_per_image must be positive, not {max_per_image}")
+    order = np.lexsort((-evaluation.det_scores, evaluation.det_image_idx))  # by image, then best score
+    img = evaluation.det_image_idx[order]
+    starts = np.searchsorted(img, img, side="left")
+    rank = np.arange(n) - starts
+    return np.sort(order[rank < max_per_image])
+
+
+def _coco_dets(
+    evaluation: Evaluation, image_ids: Sequence[Any], cat_ids: Sequence[int], max_per_image: int | None
+) -> list[dict[str, Any]]:
+    keep = _top_per_image(evaluation, max_per_image)
+    boxes = evaluation.det_boxes_xyxy_abs[keep]
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    return [
+        {"image_id": image_ids[i], "category_id": cat_ids[label - 1], "bbox": [round(v, 4) for v in b],
+         "score": round(s, 6)}  # fmt: skip
+        for i, label, b, s in zip(
+            evaluation.det_image_idx[keep].tolist(), evaluation.det_labels[keep].tolist(), xywh.tolist(),
+            evaluation.det_scores[keep].tolist(),
+        )  # fmt: skip
+    ]
+
+
+def coco_results(
+    evaluation: Evaluation,
+    index: DatasetIndex | None = None,
+    *,
+    category_ids: Mapping[str, int] | Sequence[int] | None = None,
+    max_per_image: int | None = 100,
+) -> list[dict[str, Any]]:
+    """The detections as a COCO results list: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``
+    with ``bbox`` in continuous pixels of the original image (COCO's own convention).
+
+    Image ids are the index's, as integers where they are all digits (COCO indexes store COCO's integer ids).
+    ``category_ids`` maps class names (or gives, per label) COCO category ids; default: the labels 1..K.
+    Only the ``max_per_image`` best detections of each image are kept (COCO's limit is 100; ``None``: all).
+    ``index``, if given, must be the evaluated one (its image ids are checked).
+    """
+    if index is not None and tuple(r.id for r in index.images) != evaluation.image_ids:
+        raise SSDError(f"the index {index.name!r} is not the one evaluated (its image ids differ)")
+    image_ids = [_coco_image_id(i) for i in evaluation.image_ids]
+    return _coco_dets(evaluation, image_ids, _category_ids(evaluation.class_names, category_ids), max_per_image)
+
+
+def _import_pycocotools():
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError:
+        raise SSDError(
+            "COCO-style AP needs pycocotools: pip install pycocotools (or pip install 'ssd-detector[eval]')"
+        ) from None
+    return COCO, COCOeval
+
+
+def _coco_from(COCO, dataset: dict[str, Any]):
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def coco_metrics(
+    evaluation: Evaluation,
+    index: DatasetIndex,
+    *,
+    annotation_file: str | Path | None = None,
+    max_per_image: int | None = 100,
+) -> dict[str, float | None]:
+    """COCO-style AP through pycocotools: ``AP`` (IoU .50:.05:.95), ``AP50``, ``AP75``, ``APs``/``APm``/``APl``
+    (by object area), and the recalls ``AR1``, ``AR10``, ``AR100``, ``ARs``, ``ARm``, ``ARl``
+    (:data:`COCO_METRIC_NAMES`). A value pycocotools cannot compute (no object in an area range) is ``None``.
+
+    Ground truth: ``annotation_file`` (a COCO JSON; the index must have been built from it, its image ids and
+    class names are matched to the file's), or else the index itself: boxes as ``[x, y, w, h]``, area = box
+    area, and **difficult objects as** ``iscrowd=1``, the only way pycocotools ignores an object. That also
+    changes matching: a crowd region is tried only after every normal object, may absorb any number of
+    detections (all ignored), and its overlap is intersection over the *detection's* area.
+
+    Detections: only the ``max_per_image`` best of each image (COCO counts at most 100 per image; pycocotools
+    alone would cap per image *and class*). ``None`` hands all of them over.
+    """
+    COCO, COCOeval = _import_pycocotools()
+    if tuple(r.id for r in index.images) != evaluation.image_ids:
+        raise SSDError(f"the index {index.name!r} is not the one evaluated (its image ids differ)")
+    if annotation_file is not None:
+        path = Path(annotation_file)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                gt = COCO(str(path))
+        except FileNotFoundError:
+            raise SSDError(f"COCO annotation file not found: {path}") from None
+        except Exception as e:  # malformed JSON or structure
+            raise SSDError(f"{path}: cannot read COCO annotations: {type(e).__name__}: {e}") from None
+        by_str = {str(img["id"]): img["id"] for img in gt.dataset.get("images", [])}
+        unknown = [i for i in evaluation.image_ids if i not in by_str]
+        if unknown:
+            raise SSDError(f"{path}: image id {unknown[0]!r} of the index is not in the file")
+        image_ids = [by_str[i] for i in evaluation.image_ids]
+        cat_of_name = {c["name"]: c["id"] for c in gt.dataset.get("categories", [])}
+        cat_ids = _category_ids(evaluation.class_names, cat_of_name)
+    else:
+        image_ids = list(range(1, len(index.images) + 1))
+        cat_ids = list(range(1, len(index.classes) + 1))
+        annotations = []
+        for img_id, r in zip(image_ids, index.images):
+            b = np.asarray(r.boxes_xyxy_abs, dtype=np.float64).reshape(-1, 4)
+            for box, label, difficult in zip(b.tolist(), r.labels.tolist(), r.difficult.tolist()):
+                w, h = box[2] - box[0], box[3] - box[1]
+                annotations.append(
+                    {"id": len(annotations) + 1, "image_id": img_id, "category_id": int(label),
+                     "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": int(bool(difficult))}  # fmt: skip
+                )
+        gt = _coco_from(
+            COCO,
+            {
+                "images": [{"id": i, "width": r.width, "height": r.height} for i, r in zip(image_ids, index.images)],
+                "categories": [{"id": k, "name": c} for k, c in zip(cat_ids, index.classes)],
+                "annotations": annotations,
+            },
+        )
+    dets = _coco_dets(evaluation, image_ids, cat_ids, max_per_image)
+    for k, d in enumerate(dets, start=1):
+        d["id"] = k
+        d["area"] = d["bbox"][2] * d["bbox"][3]
+        d["iscrowd"] = 0
+    dt = _coco_from(
+        COCO,
+        {"images": list(gt.dataset["images"]), "categories": list(gt.dataset["categories"]), "annotations": dets},
+    )
+    coco_eval = COCOeval(gt, dt, "bbox")
+    coco_eval.params.imgIds = list(image_ids)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return {name: (float(v) if v > -1 else None) for name, v in zip(COCO_METRIC_NAMES, coco_eval.stats.tolist())}
