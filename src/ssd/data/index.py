@@ -319,17 +319,28 @@ def build_coco_index(
         raise SSDError(f"{annotations}: not a COCO detection file (needs images, annotations, categories)")
     if not images_dir.is_dir():
         raise SSDError(f"image folder not found: {images_dir}")
-    cats = sorted(coco["categories"], key=lambda c: c["id"])
-    if classes is None:
-        classes = [c["name"] for c in cats]
-    label_of_name = {c: i for i, c in enumerate(classes, start=1)}
-    label_of_cat = {c["id"]: label_of_name.get(c["name"]) for c in cats}
+    try:
+        cats = sorted(coco["categories"], key=lambda c: c["id"])
+        if classes is None:
+            classes = [c["name"] for c in cats]
+        label_of_name = {c: i for i, c in enumerate(classes, start=1)}
+        label_of_cat = {c["id"]: label_of_name.get(c["name"]) for c in cats}
+    except (KeyError, TypeError) as e:
+        raise SSDError(f"{annotations}: malformed categories (each needs an id and a name): {e!r}") from None
     issues = _Collector(policy)
     by_image: dict[int, list[dict]] = {}
     for a in coco["annotations"]:
-        by_image.setdefault(a.get("image_id"), []).append(a)
+        if not isinstance(a, dict) or not isinstance(a.get("image_id"), (int, str)):
+            issues.add(annotations, f"annotation {str(a)[:80]}: no image_id", "dropped object")
+            continue
+        by_image.setdefault(a["image_id"], []).append(a)
     records = []
+    seen: set = set()
     for img in _progress(coco["images"], f"indexing {name}", progress):
+        if not isinstance(img, dict) or not isinstance(img.get("file_name"), str) or not isinstance(img.get("id"), (int, str)):
+            issues.add(annotations, f"image entry {str(img)[:80]}: needs an id and a file_name", "skipped image")
+            continue
+        seen.add(img["id"])
         path = images_dir / img["file_name"]
         try:
             width, height = _image_size(path)
@@ -342,7 +353,11 @@ def build_coco_index(
             if label is None:
                 issues.add(path, f"annotation {a.get('id')}: unknown category {a.get('category_id')}", "dropped object")
                 continue
-            x, y, w, h = (float(v) for v in a["bbox"])
+            try:
+                x, y, w, h = (float(v) for v in a["bbox"])
+            except (KeyError, TypeError, ValueError):
+                issues.add(path, f"annotation {a.get('id')}: malformed bbox {a.get('bbox')!r}", "dropped object")
+                continue
             boxes.append([x, y, x + w, y + h])
             labels.append(label)
             difficult.append(bool(a.get("iscrowd", 0)))
@@ -351,6 +366,10 @@ def build_coco_index(
             np.asarray(labels, dtype=np.int64), np.asarray(difficult, dtype=bool), issues,
         )  # fmt: skip
         records.append(ImageRecord(str(img["id"]), str(path.resolve()), width, height, b, l, d))
+    for image_id, anns in by_image.items():
+        if image_id not in seen:
+            for a in anns:
+                issues.add(annotations, f"annotation {a.get('id')}: no image {image_id} in images", "dropped object")
     return DatasetIndex(name, tuple(classes), records, issues.issues)
 
 

@@ -37,6 +37,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
+from ssd.data.color import adjust_hue
+
 CROP_MIN_IOUS: tuple[float | None, ...] = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, None)
 """The crop options; ``None`` is "no crop"."""
 
@@ -95,7 +97,7 @@ class PhotometricDistort:
             elif op == "saturation":
                 image = TF.adjust_saturation(image, f)
             else:
-                image = TF.adjust_hue(image, f)
+                image = adjust_hue(image, f)  # torchvision's, up to rounding, several times faster
         return image
 
     def __call__(self, image: Tensor, rng: random.Random) -> Tensor:
@@ -196,10 +198,39 @@ def render_window(
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class TrainParams:
+    """Everything :class:`TrainTransform` draws for one sample (see :meth:`TrainTransform.sample_params`).
+
+    Attributes:
+        photometric: the photometric distortions, or ``None`` when they are off.
+        zoomed: whether zoom-out was chosen.
+        canvas_hw: (height, width) of the (virtual) canvas; the image's own size without zoom-out.
+        image_tl: (top, left) of the image on the canvas.
+        window: ``[left, top, right, bottom]`` in canvas pixels: the crop, or the whole canvas.
+        keep: mask of the objects whose centres lie strictly inside the crop, ``None`` without a crop.
+        flip: whether the output is mirrored horizontally.
+        crop_draws: every crop option drawn (a minimum IoU, or ``None`` for "no crop").
+    """
+
+    photometric: PhotometricParams | None
+    zoomed: bool
+    canvas_hw: tuple[int, int]
+    image_tl: tuple[int, int]
+    window: Tensor
+    keep: Tensor | None
+    flip: bool
+    crop_draws: tuple[float | None, ...] = ()
+
+
 class TrainTransform:
     """The training augmentation (see the module docstring) to an S x S image in [0, 1] and
     boxes ``xyxy_rel``. ``mirror_boxes=False`` flips images but not boxes: a deliberately broken
-    variant that tests use to show the learning check can fail."""
+    variant that tests use to show the learning check can fail.
+
+    ``transform(image, target, rng)`` is ``apply(image, target, sample_params(H, W, target, rng))``:
+    the random choices are drawn first (in a fixed order from ``rng``), then applied.
+    """
 
     def __init__(
         self,
@@ -221,34 +252,50 @@ class TrainTransform:
         self.mirror_boxes = mirror_boxes
         self.crop_trials = crop_trials
 
-    def __call__(self, image: Tensor, target: Target, rng: random.Random) -> tuple[Tensor, Target]:
-        _, h, w = image.shape
-        if self.photometric is not None:
-            image = self.photometric(image, rng)
-        boxes = target.boxes.float()
-        canvas_h, canvas_w, top, left = h, w, 0, 0
-        if self.zoom_out > 1 and rng.random() < 0.5:
-            canvas_h, canvas_w, top, left = sample_zoom_out(h, w, self.zoom_out, rng)
+    def sample_params(self, height: int, width: int, target: Target, rng: random.Random) -> TrainParams:
+        """Draw the photometric distortions, zoom-out, crop and flip for an image of this size."""
+        photometric = self.photometric.sample(rng) if self.photometric is not None else None
+        boxes = target.boxes.float().reshape(-1, 4)
+        canvas_h, canvas_w, top, left = height, width, 0, 0
+        zoomed = self.zoom_out > 1 and rng.random() < 0.5
+        if zoomed:
+            canvas_h, canvas_w, top, left = sample_zoom_out(height, width, self.zoom_out, rng)
             boxes = boxes + torch.tensor([left, top, left, top], dtype=torch.float32)
         window = torch.tensor([0, 0, canvas_w, canvas_h], dtype=torch.float32)
+        keep = None
+        draws: list = []
         if self.crop:
-            crop = sample_iou_crop(boxes, canvas_h, canvas_w, rng, trials=self.crop_trials)
+            crop = sample_iou_crop(boxes, canvas_h, canvas_w, rng, trials=self.crop_trials, draws=draws)
             if crop is not None:
-                window, inside = crop
-                target = target.select(inside)
-                boxes = boxes[inside]
-                boxes = torch.cat([torch.maximum(boxes[:, :2], window[:2]), torch.minimum(boxes[:, 2:], window[2:])], 1)
+                window, keep = crop
         flip = self.flip and rng.random() < 0.5
-        out = render_window(image, (canvas_h, canvas_w), (top, left), window, self.size, self.mean, flip)
+        return TrainParams(photometric, zoomed, (canvas_h, canvas_w), (top, left), window, keep, flip, tuple(draws))
+
+    def apply(self, image: Tensor, target: Target, params: TrainParams) -> tuple[Tensor, Target]:
+        """Apply drawn parameters to a uint8 image (3, H, W) and its objects (continuous pixels)."""
+        if params.photometric is not None:
+            image = PhotometricDistort.apply(image, params.photometric)
+        top, left = params.image_tl
+        window = params.window
+        boxes = target.boxes.float().reshape(-1, 4) + torch.tensor([left, top, left, top], dtype=torch.float32)
+        if params.keep is not None:
+            target = target.select(params.keep)
+            boxes = boxes[params.keep]
+            boxes = torch.cat([torch.maximum(boxes[:, :2], window[:2]), torch.minimum(boxes[:, 2:], window[2:])], 1)
+        out = render_window(image, params.canvas_hw, params.image_tl, window, self.size, self.mean, params.flip)
         # Boxes relative to the window, as fractions of it.
         wl, wt, wr, wb = window.tolist()
         boxes_rel = (boxes - torch.tensor([wl, wt, wl, wt])) / torch.tensor([wr - wl, wb - wt, wr - wl, wb - wt])
-        if flip and self.mirror_boxes:
+        if params.flip and self.mirror_boxes:
             boxes_rel = torch.stack([1 - boxes_rel[:, 2], boxes_rel[:, 1], 1 - boxes_rel[:, 0], boxes_rel[:, 3]], 1)
         boxes_rel = boxes_rel.clamp(0.0, 1.0)
         keep = (boxes_rel[:, 2] > boxes_rel[:, 0]) & (boxes_rel[:, 3] > boxes_rel[:, 1])
         target = Target(boxes_rel, target.labels, target.difficult).select(keep)
         return out, target
+
+    def __call__(self, image: Tensor, target: Target, rng: random.Random) -> tuple[Tensor, Target]:
+        _, h, w = image.shape
+        return self.apply(image, target, self.sample_params(h, w, target, rng))
 
 
 class EvalTransform:

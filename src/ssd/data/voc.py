@@ -19,6 +19,7 @@ Class lists are deliberately not defined here (they live in :mod:`ssd.config`); 
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,9 +116,12 @@ def _child_text(elem: ET.Element, tag: str, path: Path, where: str) -> str:
 
 def _number(text: str, path: Path, what: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise SSDError(f"{path}: {what} is not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise SSDError(f"{path}: {what} is not a finite number: {text!r}")
+    return value
 
 
 def parse_voc_xml(path: str | Path) -> VOCAnnotation:
