@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from ssd.errors import SSDError
@@ -84,8 +85,14 @@ def _cmd_voc(args: argparse.Namespace) -> int:
     for name, sets in splits:
         sources = [(r, s) for r in roots for s in sets if (r / "ImageSets" / "Main" / f"{s}.txt").is_file()]
         if not sources:
-            raise SSDError(f"split {name}: no folder has ImageSets/Main/{'.txt or '.join(sets)}.txt")
+            missing = f"split {name}: no folder has ImageSets/Main/{'.txt or '.join(sets)}.txt"
+            if args.split is None and len(splits) > 1:  # a default split the data does not have: say so, go on
+                print(f"ssd: note: {missing}; not written", file=sys.stderr)
+                continue
+            raise SSDError(missing)
         indexes.append(build_voc_index(name, sources, classes, policy=args.on_error, progress=True))
+    if not indexes:
+        raise SSDError("no folder has ImageSets/Main/trainval.txt or test.txt; choose image sets with --split")
     _write(indexes, out)
     return 0
 
