@@ -23,7 +23,7 @@ def test_round_trip_rebuilds_the_model_from_config_alone(tmp_path):
     assert raw["config"]["class_names"] == ["cat", "dog"] and raw["config"]["batch_norm"] is True
     again = load_model(path)
     assert again.config == model.config
-    x = torch.rand(1, 3, 256, 256)
+    x = torch.rand(1, 3, 192, 192)
     with torch.no_grad():
         torch.testing.assert_close(again(x).cls_logits, model(x).cls_logits, rtol=0, atol=0)
 
@@ -87,7 +87,7 @@ def test_cli_info_and_errors(tmp_path):
     import json
 
     info = json.loads(out.stdout)
-    assert info["preset"] == "small" and info["class_names"] == ["cat", "dog"] and info["num_priors"] == 6132
+    assert info["preset"] == "small" and info["class_names"] == ["cat", "dog"] and info["num_priors"] == 3458
     bad = subprocess.run([sys.executable, "-m", "ssd.cli", "info", str(tmp_path / "nope.ckpt")], capture_output=True, text=True, env=env)
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("ssd: error:") and "Traceback" not in bad.stderr

@@ -200,7 +200,7 @@ def test_cli_end_to_end_messy_folder(checkpoint, detector, messy_folder, tmp_pat
         np.testing.assert_allclose([d["score"] for d in rec["detections"]], ref.scores, atol=1e-6)
     # A box of a landscape photo reaches beyond the portrait height, so the frame really is the original's.
     big = by_file["street scene.jpg"]
-    assert max(d["box"][2] for d in big["detections"]) > 256  # beyond the model's 256 x 256 input
+    assert max(d["box"][2] for d in big["detections"]) > 192  # beyond the model's 192 x 192 input
 
 
 def test_cli_name_clashes_and_single_file(checkpoint, tmp_path, capsys, monkeypatch):

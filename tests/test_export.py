@@ -91,7 +91,7 @@ def test_postprocess_decoded_equals_postprocess(preset):
         state = model.state_dict()
         model = SSD(cfg).eval()
         model.load_state_dict(state)
-    x = torch.rand(3, 3, 256, 256, generator=torch.Generator().manual_seed(3))
+    x = torch.rand(3, 3, 192, 192, generator=torch.Generator().manual_seed(3))
     sizes = [(375, 500), (500, 333), (100, 100)]
     with torch.no_grad():
         loc, logits = model(x)
@@ -160,13 +160,13 @@ def test_onnx_metadata_and_dynamic_batch(onnx_file):
     model = small_model()
     assert meta["ssd.format"] == "ssd-onnx"
     assert json.loads(meta["ssd.class_names"]) == list(model.config.class_names)
-    assert meta["ssd.image_size"] == "256" and meta["ssd.candidates_per_class"] == ""
+    assert meta["ssd.image_size"] == "192" and meta["ssd.candidates_per_class"] == ""
     assert "postprocess_decoded" in meta["ssd.postprocess"]
     inp = proto.graph.input[0]
     assert inp.name == "images"
     dims = inp.type.tensor_type.shape.dim
     assert dims[0].dim_param and not dims[0].dim_value  # a named, dynamic batch axis
-    assert [d.dim_value for d in dims[1:]] == [3, 256, 256]
+    assert [d.dim_value for d in dims[1:]] == [3, 192, 192]
     assert [o.name for o in proto.graph.output] == ["boxes", "scores"]
     assert not list(onnx_file.parent.glob("*.data"))  # one self-contained file
 
@@ -177,7 +177,7 @@ def test_onnx_matches_pytorch(onnx_file, n):
 
     runner = OnnxModel(onnx_file, device="cpu")
     model = small_model()
-    x = torch.rand(n, 3, 256, 256, generator=torch.Generator().manual_seed(n))
+    x = torch.rand(n, 3, 192, 192, generator=torch.Generator().manual_seed(n))
     boxes, scores = runner(x)
     with torch.no_grad():
         ref_boxes, ref_scores = DecodedSSD(model)(x)
@@ -186,7 +186,7 @@ def test_onnx_matches_pytorch(onnx_file, n):
     np.testing.assert_allclose(scores, ref_scores.numpy(), atol=1e-3, rtol=0)
     assert np.abs(boxes - ref_boxes.numpy()).max() < 1e-5  # in practice much closer than promised
     # After the same post-step: the same detections.
-    kw = dict(min_score=0.2, max_overlap=0.5, top_k=200, image_sizes=[(256, 256)] * n)
+    kw = dict(min_score=0.2, max_overlap=0.5, top_k=200, image_sizes=[(192, 192)] * n)
     ours = postprocess_decoded(boxes, scores, **kw)
     ref = postprocess_decoded(ref_boxes, ref_scores, **kw)
     assert sum(len(r.labels) for r in ref) > 0
@@ -240,7 +240,7 @@ def test_fixed_batch_and_foreign_files(checkpoint, tmp_path, onnx_file):
     assert info["batch"] == 2 and info["max_abs_diff"] < 1e-3
     runner = OnnxModel(tmp_path / "fixed.onnx", device="cpu")
     assert runner.fixed_batch == 2
-    x = torch.rand(3, 3, 256, 256, generator=torch.Generator().manual_seed(5))
+    x = torch.rand(3, 3, 192, 192, generator=torch.Generator().manual_seed(5))
     b_fixed, s_fixed = runner(x)  # 3 images through a batch-2 file: chunked and padded
     b_dyn, s_dyn = OnnxModel(onnx_file, device="cpu")(x)
     np.testing.assert_allclose(b_fixed, b_dyn, atol=1e-5)

@@ -71,7 +71,7 @@ def test_l2norm_matches_manual_formula():
 
 def test_normalisation_is_inside_the_model():
     model = build_model("small").eval()
-    x = torch.rand(2, 3, 256, 256)
+    x = torch.rand(2, 3, 192, 192)
     with torch.no_grad():
         out = model(x)
         # Same result when we normalise by hand and bypass the model's own normalisation.
@@ -86,7 +86,7 @@ def test_batch_norm_option_trains_and_has_no_conv_bias():
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(bns) == 15 + 8  # 13 VGG convs + conv6 + conv7, 8 extra convs
     assert model.base.conv1_1.bias is None and model.loc_heads[0].bias is not None
-    loc, logits = model(torch.rand(2, 3, 256, 256))
+    loc, logits = model(torch.rand(2, 3, 192, 192))
     (loc.square().mean() + logits.square().mean()).backward()
     assert model.base.bn1_1.weight.grad is not None
 
@@ -94,7 +94,7 @@ def test_batch_norm_option_trains_and_has_no_conv_bias():
 def test_class_names_and_counts():
     model = build_model("small", ["cat", "dog"])
     assert model.num_classes == 3 and model.class_names == ("cat", "dog")
-    assert model(torch.rand(1, 3, 256, 256)).cls_logits.shape == (1, model.config.num_priors, 3)
+    assert model(torch.rand(1, 3, 192, 192)).cls_logits.shape == (1, model.config.num_priors, 3)
     assert build_model("small", 5).class_names == ("class1", "class2", "class3", "class4", "class5")
 
 
@@ -126,7 +126,7 @@ def test_config_round_trips_through_plain_dict():
 def test_detect_returns_one_record_per_image_in_pixels():
     torch.manual_seed(0)
     model = build_model("small", 3).eval()
-    images = torch.rand(3, 3, 256, 256)
+    images = torch.rand(3, 3, 192, 192)
     dets = model.detect(images, min_score=0.2, top_k=10, image_sizes=[(100, 200)] * 3)
     assert len(dets) == 3
     for d in dets:
@@ -144,7 +144,7 @@ def test_gradients_flow_end_to_end():
     model = build_model("small", 2)
     loss_fn = MultiBoxLoss(model.priors_cxcywh)
     boxes, labels = pad_targets([torch.tensor([[0.1, 0.1, 0.5, 0.6]]), torch.zeros(0, 4)], [torch.tensor([1]), torch.zeros(0, dtype=torch.long)])
-    out = loss_fn(*model(torch.rand(2, 3, 256, 256)), boxes, labels)
+    out = loss_fn(*model(torch.rand(2, 3, 192, 192)), boxes, labels)
     out.total.backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)

@@ -46,7 +46,7 @@ from ssd.checkpoint import (
     make_checkpoint,
     save_checkpoint,
 )
-from ssd.config import ModelConfig, get_preset
+from ssd.config import get_preset
 from ssd.errors import SSDError
 from ssd.loss import MultiBoxLoss
 from ssd.model import SSD
@@ -72,9 +72,10 @@ class TrainConfig:
     reference_batch: int = REFERENCE_BATCH  # the batch size that iterations and milestones are given at
     iterations: int = 120_000
     milestones: tuple[int, ...] = (80_000, 100_000)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 1e-3
     scale_lr: bool = False
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD momentum; AdamW uses (momentum, 0.999) as its betas
     weight_decay: float = 5e-4
     bias_lr_factor: float = 2.0
     warmup: int = 0  # iterations of linear warm-up (at batch 32)
@@ -116,6 +117,8 @@ class TrainConfig:
             raise SSDError(f"--grad-clip must be positive, got {self.grad_clip}")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise SSDError(f"--amp must be auto, bf16, fp16 or none, not {self.amp!r}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise SSDError(f"--optimizer must be sgd or adamw, not {self.optimizer!r}")
         if self.augment not in ("ssd", "flip", "none"):
             raise SSDError(f"--augment must be ssd, flip or none, not {self.augment!r}")
         if self.image_size is not None and self.image_size < 32:
@@ -264,19 +267,19 @@ def git_revision() -> str | None:
 # --- building blocks -----------------------------------------------------------------------------
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.SGD:
-    """SGD with biases at ``bias_lr_factor`` x the rate and no weight decay on biases."""
+def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """SGD (or AdamW) with biases at ``bias_lr_factor`` x the rate and no weight decay on biases."""
     biases, weights = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (biases if name.endswith(".bias") else weights).append(p)
-    return torch.optim.SGD(
-        [
-            {"params": weights, "lr": lr, "weight_decay": cfg.weight_decay},
-            {"params": biases, "lr": lr * cfg.bias_lr_factor, "weight_decay": 0.0},
-        ],
-        lr=lr, momentum=cfg.momentum,
-    )  # fmt: skip
+    groups = [
+        {"params": weights, "lr": lr, "weight_decay": cfg.weight_decay},
+        {"params": biases, "lr": lr * cfg.bias_lr_factor, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
 
 
 def init_from_checkpoint(model: SSD, path: str) -> list[str]:
@@ -538,13 +541,12 @@ def train(
             extra["scaler"] = scaler.state_dict()
         atomic_torch_save(make_checkpoint(model, **extra), last_path)
 
-    reduce_positives = None
-    if info.enabled:
+    def sum_positives_over_ranks(num_pos: torch.Tensor) -> torch.Tensor:
+        total = num_pos.detach().clone().float()
+        dist.all_reduce(total)
+        return total.clamp(min=1) / info.world_size
 
-        def reduce_positives(num_pos: torch.Tensor) -> torch.Tensor:
-            total = num_pos.detach().clone().float()
-            dist.all_reduce(total)
-            return total.clamp(min=1) / info.world_size
+    reduce_positives = sum_positives_over_ranks if info.enabled else None
 
     batches_per_epoch = sampler.batches_per_epoch()
     result = TrainResult(run_dir, step, last_path, None)

@@ -12,7 +12,7 @@ _FIELDS = {
     "data": "train_data", "val": "val_data", "out": "out_dir", "preset": "preset", "batch_norm": "batch_norm",
     "pretrained_base": "pretrained_base", "init_from": "init_from", "resume": "resume",
     "batch_size": "batch_size", "iterations": "iterations", "milestones": "milestones", "lr": "lr",
-    "scale_lr": "scale_lr", "momentum": "momentum", "weight_decay": "weight_decay", "warmup": "warmup",
+    "scale_lr": "scale_lr", "optimizer": "optimizer", "momentum": "momentum", "weight_decay": "weight_decay", "warmup": "warmup",
     "grad_clip": "grad_clip", "accumulate": "accumulate", "loc_loss": "loc_loss", "workers": "workers",
     "seed": "seed", "device": "device", "amp": "amp", "channels_last": "channels_last", "compile": "compile",
     "log_every": "log_every", "checkpoint_every": "checkpoint_every", "eval_every": "eval_every",
@@ -99,6 +99,7 @@ def register(sub) -> None:
                    f"counted at (default {d.reference_batch}: the paper's); give your batch size to count "
                    "iterations as they run")  # fmt: skip
     p.add_argument("--milestones", type=_milestones, help="lr / 10 at these iterations (at batch 32; default 80000,100000)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), help="sgd (default, the paper's) or adamw")
     p.add_argument("--lr", type=float, help=f"learning rate (default {d.lr:g}; biases x2)")
     p.add_argument("--scale-lr", action="store_true", default=None, help="scale the rate by batch/32")
     p.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum})")

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from ssd.data.image import load_image
 from ssd.data.index import DatasetIndex
 from ssd.data.transforms import Target
 from ssd.errors import SSDError
@@ -49,37 +50,9 @@ class Batch(NamedTuple):
 
 
 def read_image(path: str) -> Tensor:
-    """Decode an image file to uint8 RGB (3, H, W): JPEG, PNG (also 16-bit, greyscale, RGBA).
-
-    Raises :class:`SSDError` naming the file when it cannot be decoded.
-    """
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
-    try:
-        with warnings.catch_warnings():  # torchvision >= 0.29 announces a move of its decoders to torchcodec
-            warnings.simplefilter("ignore", DeprecationWarning)
-            data = read_file(path)
-            image = decode_image(data, mode=ImageReadMode.RGB)
-        if image.dtype != torch.uint8:  # 16-bit PNG
-            image = (image.float() / 257.0).round().to(torch.uint8)
-        return image
-    except Exception:
-        pass
-    try:  # Pillow reads what libjpeg/libpng refuse or do not know (CMYK, BMP, TIFF, ...)
-        import numpy as np
-        from PIL import Image, ImageOps
-
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                im = Image.fromarray(np.clip(arr / 257.0, 0, 255).astype(np.uint8))
-            arr = np.asarray(im.convert("RGB"))
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-    except FileNotFoundError:
-        raise SSDError(f"{path}: file not found") from None
-    except Exception as e:
-        raise SSDError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+    """Decode an image file as stored (no EXIF rotation: the frame of its annotations) to uint8 RGB
+    (3, H, W); :class:`SSDError` naming the file when it cannot be read."""
+    return load_image(path, upright=False)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

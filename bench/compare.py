@@ -1,0 +1,437 @@
+"""Side-by-side speed of ssd's SSD300 and torchvision's ssd300_vgg16, in one process, same flags.
+
+    PYTHONPATH=src python bench/compare.py --out bench-results.json            # CPU: small counts
+    PYTHONPATH=src python bench/compare.py --device cuda --out gpu.json        # GPU: the issue's sizes
+
+Both models have random weights and 21 classes. Global flags (cudnn.benchmark, TF32, channels-last, the autocast
+dtype, torch.compile) are set once and apply to both. Every figure is the median of several timed windows after
+warm-up; the JSON records the device, versions, flags and the counts used. Runs from the source tree with only
+torch, torchvision, numpy and pillow.
+
+Sections (``--only`` picks some):
+  train    training step (forward + loss + backward + SGD), fp32 and bf16 autocast
+  forward  network forward, fp32 and bf16; torchvision as backbone + head on the same pre-normalised batch
+  post     post-processing at the paper's settings on fixed synthetic head outputs with ~70 candidates per
+           class per image; our output is checked identical to an exact slow reference and to torchvision's
+  input    JPEG decode + the full training augmentation on VOCmini, one process per core and with N workers
+  eval     end-to-end evaluation of VOCmini test repeated to --eval-images images (decode, forward, NMS, scoring)
+  latency  single-image detection from a file, each library as a user calls it (CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from ssd.config import VOC_CLASSES, get_preset  # noqa: E402
+from ssd.loss import MultiBoxLoss, pad_targets  # noqa: E402
+from ssd.model import SSD  # noqa: E402
+from ssd.postprocess import postprocess  # noqa: E402
+
+VOCMINI = ROOT.parent / "shared" / "data" / "VOCmini" / "VOCdevkit" / "VOC2007"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, windows: int, iters: int, warmup: int) -> list[float]:
+    """Seconds per call, one figure per window."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    out = []
+    for _ in range(windows):
+        start = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        sync(device)
+        out.append((time.perf_counter() - start) / iters)
+    return out
+
+
+def rate(batch: int, seconds: list[float]) -> dict:
+    per_s = [batch / s for s in seconds]
+    return {"img_s": statistics.median(per_s), "range": [min(per_s), max(per_s)]}
+
+
+def torchvision_model(device):
+    from torchvision.models.detection import ssd300_vgg16
+
+    return ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21).to(device)
+
+
+def random_targets(n: int, device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    boxes, labels = [], []
+    for _ in range(n):
+        m = int(torch.randint(1, 6, (1,), generator=g))
+        xy = torch.rand(m, 2, generator=g) * 0.6
+        wh = 0.1 + torch.rand(m, 2, generator=g) * 0.3
+        boxes.append(torch.cat([xy, (xy + wh).clamp(max=1.0)], 1))
+        labels.append(torch.randint(1, 21, (m,), generator=g))
+    return boxes, labels
+
+
+def bench_train(args, device, flags) -> dict:
+    res = {}
+    b = args.train_batch
+    images = torch.rand(b, 3, 300, 300, device=device)
+    boxes, labels = random_targets(b, device)
+    ours = SSD(get_preset("ssd300", VOC_CLASSES)).to(device).train()
+    tv = torchvision_model(device).train()
+    if flags["channels_last"]:
+        ours, tv = ours.to(memory_format=torch.channels_last), tv.to(memory_format=torch.channels_last)
+    loss_fn = MultiBoxLoss(ours.priors_cxcywh).to(device)
+    gt_boxes, gt_labels = pad_targets([x.to(device) for x in boxes], [x.to(device) for x in labels], device)
+    tv_targets = [{"boxes": bx.to(device) * 300, "labels": lb.to(device)} for bx, lb in zip(boxes, labels)]
+    tv_images = list(images)
+    opt_ours = torch.optim.SGD(ours.parameters(), lr=1e-5, momentum=0.9)
+    opt_tv = torch.optim.SGD(tv.parameters(), lr=1e-5, momentum=0.9)
+    forward_ours = torch.compile(ours) if flags["compile"] else ours
+    x_in = images.to(memory_format=torch.channels_last) if flags["channels_last"] else images
+    for dtype_name in args.dtypes:
+        dtype = {"fp32": None, "bf16": torch.bfloat16}[dtype_name]
+
+        def step_ours():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loc, logits = forward_ours(x_in)
+            out = loss_fn(loc.float(), logits.float(), gt_boxes, gt_labels)
+            opt_ours.zero_grad(set_to_none=True)
+            out.total.backward()
+            opt_ours.step()
+
+        def step_tv():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                losses = tv(tv_images, tv_targets)
+            total = sum(losses.values())
+            opt_tv.zero_grad(set_to_none=True)
+            total.backward()
+            opt_tv.step()
+
+        for name, fn in (("ours", step_ours), ("torchvision", step_tv)):
+            res[f"{name}.{dtype_name}"] = rate(b, timed(fn, device, args.windows, args.train_iters, args.warmup))
+        res[f"ratio.{dtype_name}"] = res[f"ours.{dtype_name}"]["img_s"] / res[f"torchvision.{dtype_name}"]["img_s"]
+    res["batch"] = b
+    return res
+
+
+def bench_forward(args, device, flags) -> dict:
+    res = {}
+    b = args.infer_batch
+    ours = SSD(get_preset("ssd300", VOC_CLASSES)).to(device).eval()
+    tv = torchvision_model(device).eval()
+    if flags["channels_last"]:
+        ours, tv = ours.to(memory_format=torch.channels_last), tv.to(memory_format=torch.channels_last)
+    images = torch.rand(b, 3, 300, 300, device=device)
+    normalised = (images - ours.mean) / ours.std
+    if flags["channels_last"]:
+        images, normalised = images.to(memory_format=torch.channels_last), normalised.to(memory_format=torch.channels_last)
+    f_ours = torch.compile(ours) if flags["compile"] else ours
+
+    def tv_net(x):
+        features = list(tv.backbone(x).values())
+        return tv.head(features)
+
+    f_tv = torch.compile(tv_net) if flags["compile"] else tv_net
+    for dtype_name in args.dtypes:
+        dtype = {"fp32": None, "bf16": torch.bfloat16}[dtype_name]
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            res[f"ours.{dtype_name}"] = rate(b, timed(lambda: f_ours(images), device, args.windows, args.infer_iters, args.warmup))
+            res[f"torchvision.{dtype_name}"] = rate(b, timed(lambda: f_tv(normalised), device, args.windows, args.infer_iters, args.warmup))
+        res[f"ratio.{dtype_name}"] = res[f"ours.{dtype_name}"]["img_s"] / res[f"torchvision.{dtype_name}"]["img_s"]
+    res["batch"] = b
+    return res
+
+
+def synthetic_head_outputs(n: int, priors: int, classes: int, device, seed: int = 0):
+    """Background logit high; ~70 priors per class per image above a 0.01 score, scores spread."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, priors, classes, generator=g) * 0.5
+    logits[..., 0] += 6.0
+    # choose ~70 priors per (image, class) to lift above the 0.01 threshold
+    lift = torch.rand(n, priors, classes, generator=g) < 70 / priors
+    logits += lift * (3.0 + 3.0 * torch.rand(n, priors, classes, generator=g))
+    loc = torch.randn(n, priors, 4, generator=g) * 0.5
+    return loc.to(device), logits.to(device)
+
+
+def reference_postprocess(loc, logits, priors, min_score, max_overlap, top_k, clip, size_clamp, cap):
+    """Per image, per class, exact greedy NMS in plain loops: the slow oracle."""
+    from ssd.boxes import cxcywh_to_xyxy, decode
+    from torchvision.ops import box_iou
+
+    out = []
+    scores_all = torch.softmax(logits.float(), -1)
+    boxes_all = cxcywh_to_xyxy(decode(loc.float(), priors, size_clamp))
+    if clip:
+        boxes_all = boxes_all.clamp(0, 1)
+    for i in range(loc.shape[0]):
+        kept = []
+        for c in range(1, logits.shape[-1]):
+            s = scores_all[i, :, c]
+            idx = torch.nonzero(s > min_score).flatten()
+            idx = idx[torch.argsort(s[idx], descending=True, stable=True)]
+            if cap is not None:
+                idx = idx[:cap]
+            b = boxes_all[i, idx]
+            iou = box_iou(b, b)
+            suppressed = torch.zeros(len(idx), dtype=torch.bool)
+            for j in range(len(idx)):
+                if suppressed[j]:
+                    continue
+                kept.append((float(s[idx[j]]), c, b[j]))
+                suppressed |= iou[j] > max_overlap
+        kept.sort(key=lambda t: -t[0])
+        out.append(kept[:top_k])
+    return out
+
+
+def bench_post(args, device, flags) -> dict:
+    from torchvision.ops import box_convert
+
+    res = {}
+    n = args.post_batch
+    config = get_preset("ssd300-torchvision", VOC_CLASSES)
+    ours = SSD(config)
+    priors = ours.priors_cxcywh.to(device)
+    loc, logits = synthetic_head_outputs(n, priors.shape[0], 21, device)
+    dec = config.decode
+    run_ours = lambda: postprocess(loc, logits, priors, dec, min_score=0.01, max_overlap=0.45, top_k=200)  # noqa: E731
+    tv = torchvision_model(device).eval()
+    anchors = box_convert(priors, "cxcywh", "xyxy") * 300
+    head = {"bbox_regression": loc, "cls_logits": logits}
+    run_tv = lambda: tv.postprocess_detections(head, [anchors] * n, [(300, 300)] * n)  # noqa: E731
+    with torch.inference_mode():
+        res["ours"] = rate(n, timed(run_ours, device, args.windows, args.post_iters, 1))
+        res["torchvision"] = rate(n, timed(run_tv, device, args.windows, args.post_iters, 1))
+        mine = run_ours()
+        theirs = run_tv()
+        check = min(n, args.post_check_images)
+        ref = reference_postprocess(loc[:check].cpu(), logits[:check].cpu(), priors.cpu(), 0.01, 0.45, 200, True,
+                                    dec.size_clamp, dec.candidates_per_class)  # fmt: skip
+    identical_ref = all(
+        len(r) == len(m.scores)
+        and torch.equal(torch.tensor([c for _, c, _ in r], dtype=torch.int64), m.labels.cpu())
+        and torch.allclose(torch.stack([b for _, _, b in r]) if r else torch.zeros(0, 4), m.boxes.cpu(), atol=0, rtol=0)
+        for r, m in zip(ref, mine[:check])
+    )
+    identical_tv = all(
+        torch.equal(m.labels, t["labels"]) and torch.allclose(m.boxes * 300, t["boxes"], atol=1e-3)
+        for m, t in zip(mine, theirs)
+    )
+    res["ratio"] = res["ours"]["img_s"] / res["torchvision"]["img_s"]
+    res["candidates_per_class_per_image"] = float(
+        (torch.softmax(logits.float(), -1)[..., 1:] > 0.01).sum(1).float().mean()
+    )
+    res["detections_per_image"] = sum(len(m.scores) for m in mine) / n
+    res["identical_to_exact_reference"] = identical_ref
+    res["reference_images_checked"] = check
+    res["identical_to_torchvision"] = identical_tv
+    res["batch"] = n
+    return res
+
+
+def _voc_index(split: str):
+    from ssd.data.index import build_voc_index
+
+    return build_voc_index(split, [(VOCMINI, split)], VOC_CLASSES)
+
+
+def bench_input(args, device, flags) -> dict:
+    from ssd.data.dataset import DetectionDataset, TrainBatchSampler, collate
+    from ssd.data.transforms import TrainTransform
+
+    index = _voc_index("trainval")
+    dataset = DetectionDataset(index, TrainTransform(300, get_preset("ssd300").mean), seed=0)
+    res = {"images": len(index), "source": "VOCmini trainval, full-size JPEGs"}
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        n = min(args.input_images, len(dataset))
+        for k in range(min(10, n)):
+            dataset[(99, k)]
+        times = []
+        for w in range(args.windows):
+            start = time.perf_counter()
+            for k in range(n):
+                dataset[(w, k)]
+            times.append((time.perf_counter() - start) / n)
+        res["per_core"] = rate(1, times)
+    finally:
+        torch.set_num_threads(torch_threads)
+    for workers in args.workers:
+        sampler = TrainBatchSampler(len(dataset), 32, seed=0)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+                                             persistent_workers=True, prefetch_factor=4)  # fmt: skip
+        it = iter(loader)
+        next(it)
+        start, count = time.perf_counter(), 0
+        for batch in it:
+            count += batch.images.shape[0]
+        sampler.start(1)
+        for batch in loader:
+            count += batch.images.shape[0]
+        res[f"workers_{workers}"] = {"img_s": count / (time.perf_counter() - start)}
+        del loader
+    return res
+
+
+def bench_eval(args, device, flags) -> dict:
+    from ssd.data.index import DatasetIndex
+    from ssd.evaluate import evaluate
+
+    base = _voc_index("test")
+    records = [base.images[i % len(base.images)] for i in range(args.eval_images)]
+    import dataclasses
+
+    records = [dataclasses.replace(r, id=f"{r.id}_{i}") for i, r in enumerate(records)]
+    index = DatasetIndex("test-repeated", base.classes, records)
+    model = SSD(get_preset("ssd300", VOC_CLASSES)).to(device).eval()
+    if flags["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    start = time.perf_counter()
+    evaluation = evaluate(model, index, batch_size=args.infer_batch, device=device, workers=args.eval_workers,
+                          amp=device.type == "cuda")  # fmt: skip
+    seconds = time.perf_counter() - start
+    return {"images": len(index), "seconds": seconds, "img_s": len(index) / seconds,
+            "detections_per_image": len(evaluation.det_scores) / len(index), "workers": args.eval_workers}
+
+
+def bench_latency(args, device, flags) -> dict:
+    from torchvision.io import decode_image
+
+    from ssd.detector import Detector
+
+    path = sorted((VOCMINI / "JPEGImages").glob("*.jpg"))[0]
+    ours = Detector(SSD(get_preset("ssd300", VOC_CLASSES)).eval(), device="cpu")
+    tv = torchvision_model(torch.device("cpu")).eval()
+
+    def run_tv():
+        img = decode_image(str(path)).float() / 255
+        with torch.inference_mode():
+            tv([img])
+
+    res = {"image": path.name}
+    res["ours_s"] = statistics.median(timed(lambda: ours(str(path)), torch.device("cpu"), args.windows, args.latency_iters, 1))
+    res["torchvision_s"] = statistics.median(timed(run_tv, torch.device("cpu"), args.windows, args.latency_iters, 1))
+    res["ratio"] = res["ours_s"] / res["torchvision_s"]
+    # The forward alone under identical flags: what is left is pre- and post-processing.
+    x = torch.rand(1, 3, 300, 300)
+    with torch.inference_mode():
+        res["ours_forward_s"] = statistics.median(timed(lambda: ours.model(x), torch.device("cpu"), args.windows, args.latency_iters, 1))
+        norm = (x - ours.model.mean) / ours.model.std
+        res["torchvision_forward_s"] = statistics.median(
+            timed(lambda: tv.head(list(tv.backbone(norm).values())), torch.device("cpu"), args.windows, args.latency_iters, 1)
+        )
+    res["ours_pre_post_s"] = res["ours_s"] - res["ours_forward_s"]
+    res["torchvision_pre_post_s"] = res["torchvision_s"] - res["torchvision_forward_s"]
+    res["pre_post_ratio"] = res["ours_pre_post_s"] / res["torchvision_pre_post_s"]
+    return res
+
+
+SECTIONS = {"train": bench_train, "forward": bench_forward, "post": bench_post, "input": bench_input,
+            "eval": bench_eval, "latency": bench_latency}  # fmt: skip
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--only", nargs="*", choices=list(SECTIONS), help="sections to run (default all)")
+    p.add_argument("--out", help="write the JSON here")
+    p.add_argument("--dtypes", nargs="*", default=None, help="fp32 and/or bf16 (default: both on GPU, fp32 on CPU)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--windows", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=None)
+    for name, gpu, cpu in (("train-batch", 32, 4), ("train-iters", 10, 1), ("infer-batch", 64, 8), ("infer-iters", 20, 1),
+                           ("post-batch", 64, 64), ("post-iters", 5, 1), ("input-images", 300, 100),
+                           ("eval-images", 4952, 150), ("latency-iters", 10, 3)):  # fmt: skip
+        p.add_argument(f"--{name}", type=int, default=None, help=f"default {gpu} on GPU, {cpu} on CPU")
+    p.add_argument("--post-check-images", type=int, default=4, help="images checked against the slow reference")
+    p.add_argument("--workers", type=int, nargs="*", default=None, help="loader workers to try (default: 2 on CPU, 16 on GPU)")
+    p.add_argument("--eval-workers", type=int, default=None)
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))  # fmt: skip
+    gpu = device.type == "cuda"
+    defaults = {"train_batch": (32, 4), "train_iters": (10, 1), "infer_batch": (64, 8), "infer_iters": (20, 1),
+                "post_batch": (64, 64), "post_iters": (5, 1), "input_images": (300, 100), "eval_images": (4952, 150),
+                "latency_iters": (10, 3)}  # fmt: skip
+    for k, (g, c) in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, g if gpu else c)
+    args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
+    args.dtypes = args.dtypes or (["fp32", "bf16"] if gpu else ["fp32"])
+    args.workers = args.workers or ([16] if gpu else [2])
+    args.eval_workers = args.eval_workers if args.eval_workers is not None else (8 if gpu else 0)
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    flags = {"channels_last": args.channels_last, "compile": args.compile, "cudnn_benchmark": gpu, "tf32": gpu,
+             "dtypes": args.dtypes}  # fmt: skip
+    import torchvision
+
+    report = {
+        "device": torch.cuda.get_device_name(device) if gpu else f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"), "flags": flags,
+        "counts": {k: getattr(args, k) for k in defaults} | {"windows": args.windows, "warmup": args.warmup},
+        "note": "CPU runs use small counts; figures are medians of the timed windows",
+    }  # fmt: skip
+    for name in args.only or SECTIONS:
+        start = time.perf_counter()
+        print(f"[{name}] ...", file=sys.stderr, flush=True)
+        report[name] = SECTIONS[name](args, device, flags)
+        report[name]["wall_s"] = round(time.perf_counter() - start, 1)
+    text = json.dumps(report, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    print(table(report))
+    return 0
+
+
+def table(report: dict) -> str:
+    rows = [f"device: {report['device']} | torch {report['torch']} | torchvision {report['torchvision']}"]
+    for sec in ("train", "forward"):
+        if sec in report:
+            for d in report["flags"]["dtypes"]:
+                r = report[sec]
+                rows.append(f"{sec:8} {d:5} ours {r[f'ours.{d}']['img_s']:9.1f} img/s  torchvision "
+                            f"{r[f'torchvision.{d}']['img_s']:9.1f}  ratio {r[f'ratio.{d}']:.2f}x  (batch {r['batch']})")  # fmt: skip
+    if "post" in report:
+        r = report["post"]
+        rows.append(f"post           ours {r['ours']['img_s']:9.1f} img/s  torchvision {r['torchvision']['img_s']:9.1f}  "
+                    f"ratio {r['ratio']:.2f}x  exact={r['identical_to_exact_reference']} same-as-tv={r['identical_to_torchvision']}")  # fmt: skip
+    if "input" in report:
+        r = report["input"]
+        rows.append(f"input          {r['per_core']['img_s']:.1f} img/s per core; "
+                    + ", ".join(f"{k}: {v['img_s']:.1f} img/s" for k, v in r.items() if k.startswith("workers_")))  # fmt: skip
+    if "eval" in report:
+        r = report["eval"]
+        rows.append(f"eval           {r['images']} images in {r['seconds']:.1f} s ({r['img_s']:.1f} img/s)")
+    if "latency" in report:
+        r = report["latency"]
+        rows.append(f"latency        ours {r['ours_s'] * 1000:.1f} ms  torchvision {r['torchvision_s'] * 1000:.1f} ms  "
+                    f"ratio {r['ratio']:.2f}; pre+post ours {r['ours_pre_post_s'] * 1000:.1f} ms vs "
+                    f"{r['torchvision_pre_post_s'] * 1000:.1f} ms")  # fmt: skip
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

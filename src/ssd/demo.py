@@ -1,0 +1,167 @@
+"""``ssd demo``: the whole system on a machine with no GPU and no internet, in about five minutes.
+
+1. writes the synthetic shapes dataset (:data:`ssd.data.synthetic.DEMO_CONFIG`: 800 training and 200 test
+   images of 6 shape classes, 224-320 px, 1-6 objects each, about a third of them under 15% of the image
+   side, overlaps up to IoU 0.4, textured backgrounds, 8% difficult objects, 5% empty images);
+2. trains the ``small`` preset (192 px) on it with the settings of :data:`DEMO_TRAINING`: from random
+   weights, BatchNorm, AdamW, warm-up, gradient clipping, horizontal flips (the full SSD augmentation
+   learns too slowly for a five-minute CPU budget: 0.12 mAP after 400 iterations against 0.44 with flips
+   alone, measured on the demo data);
+3. evaluates it on the test split (VOC07 mAP, per-class AP, precision-recall curves);
+4. draws its detections on a few test images;
+5. writes ``report.md`` saying what came out and where everything is.
+
+The run is seeded: the same machine gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+DEMO_TRAINING: dict[str, Any] = dict(
+    preset="small",
+    batch_norm=True,
+    pretrained_base="none",
+    optimizer="adamw",
+    lr=2e-3,
+    warmup=30,
+    grad_clip=10.0,
+    batch_size=16,
+    reference_batch=16,
+    iterations=1000,
+    milestones=(800,),
+    augment="flip",
+    keep_difficult=False,
+    seed=0,
+    log_every=20,
+    checkpoint_every=250,
+)
+"""The demo's training settings (TrainConfig fields); iterations are counted at batch 16."""
+
+MIN_MAP = 0.75
+"""The VOC07 mAP the demo is checked against in CI (it measured 0.803 on a 2-core CPU; see
+docs/performance.md). The project's goal is 0.85; this setting does not reach it yet."""
+
+
+@dataclass
+class DemoResult:
+    out_dir: Path
+    mAP: float
+    ap: dict[str, float | None]
+    train_seconds: float
+    eval_seconds: float
+    total_seconds: float
+    report: Path
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def run_demo(
+    out_dir: str | Path = "ssd-demo",
+    device: str = "auto",
+    workers: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    iterations: int | None = None,
+) -> DemoResult:
+    """Run the demo into ``out_dir``; see the module docstring."""
+    import torch
+
+    from ssd.checkpoint import load_model
+    from ssd.data.index import build_voc_index, summary_lines
+    from ssd.data.synthetic import DEMO_CONFIG, generate_synthetic
+    from ssd.engine import TrainConfig, train
+    from ssd.evaluate import evaluate
+
+    start = time.perf_counter()
+    out = Path(out_dir)
+    data_dir = out / "data"
+    log(f"[1/4] writing the synthetic dataset to {data_dir}")
+    summary = generate_synthetic(data_dir / "VOC", DEMO_CONFIG, progress=progress, overwrite=False)
+    indexes = {}
+    for name, split in (("train", "trainval"), ("test", "test")):
+        index = build_voc_index(name, [(summary.voc_root, split)], summary.classes)
+        index.save(data_dir / f"{name}.json")
+        indexes[name] = index
+        log("      " + summary_lines(index)[0])
+
+    settings = dict(DEMO_TRAINING)
+    if iterations is not None:
+        settings["iterations"] = iterations
+        settings["milestones"] = (int(iterations * 0.8),)
+    cfg = TrainConfig(
+        train_data=str(data_dir / "train.json"), out_dir=str(out / "run"), device=device, workers=workers,
+        progress=progress, tensorboard=False, **settings,
+    )  # fmt: skip
+    device_name = "cuda" if device == "auto" and torch.cuda.is_available() else device
+    log(f"[2/4] training the small preset for {cfg.iterations} iterations of batch {cfg.batch_size} on {device_name}")
+    t0 = time.perf_counter()
+    result = train(cfg, log=lambda m: log("      " + m))
+    train_seconds = time.perf_counter() - t0
+
+    log("[3/4] evaluating on the synthetic test split")
+    model = load_model(result.model_path, device=device_name if device_name != "auto" else "cpu")
+    evaluation = evaluate(model, indexes["test"], batch_size=32, progress=progress)
+    files = {"metrics": str(out / "metrics.json"), "checkpoint": str(result.model_path)}
+    (out / "metrics.json").write_text(json.dumps(evaluation.to_dict(), indent=2))
+    try:
+        from ssd.plots import plot_pr_curves
+
+        plot_pr_curves(evaluation.voc, out / "pr_curves.png", title="ssd demo: synthetic test split")
+        files["pr_curves"] = str(out / "pr_curves.png")
+    except Exception as e:  # matplotlib missing: the report says so
+        log(f"      no PR-curve picture: {e}")
+
+    log("[4/4] drawing detections on test images")
+    files["detections"] = str(_draw_examples(model, indexes["test"], out / "detections"))
+    total = time.perf_counter() - start
+    report = _write_report(out, evaluation, train_seconds, total, cfg, files)
+    return DemoResult(out, evaluation.voc.mAP, dict(evaluation.voc.ap), train_seconds, evaluation.seconds, total,
+                      report, files)  # fmt: skip
+
+
+def _draw_examples(model, index, folder: Path, count: int = 6) -> Path:
+    from PIL import Image
+
+    from ssd.detector import Detector
+    from ssd.visualize import draw_detections
+
+    folder.mkdir(parents=True, exist_ok=True)
+    detector = Detector(model, min_score=0.4)
+    for record in index.images[:count]:
+        with Image.open(record.file) as im:
+            image = im.convert("RGB")
+        detections = detector(image)
+        draw_detections(image, detections).save(folder / Path(record.file).name)
+    return folder
+
+
+def _write_report(out: Path, evaluation, train_seconds: float, total: float, cfg, files: dict[str, str]) -> Path:
+    voc = evaluation.voc
+    lines = [
+        "# ssd demo report",
+        "",
+        f"VOC07 mAP on the synthetic test split ({evaluation.num_images} images): **{voc.mAP:.4f}** "
+        f"(the demo expects at least {MIN_MAP}).",
+        "",
+        f"Trained the `small` preset ({cfg.image_size} px, BatchNorm) for {cfg.iterations} iterations of batch "
+        f"{cfg.batch_size} from random weights in {train_seconds:.0f} s; the whole demo took {total:.0f} s.",
+        "",
+        "| class | AP |",
+        "|---|---|",
+        *[f"| {c} | {'-' if ap is None else f'{ap:.4f}'} |" for c, ap in voc.ap.items()],
+        "",
+        "Files:",
+        "",
+        *[f"- {k}: `{v}`" for k, v in files.items()],
+        "",
+        "Next: `ssd detect " + files["checkpoint"] + " IMAGE...` on your own images, or train on Pascal VOC "
+        "(see the README).",
+        "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
