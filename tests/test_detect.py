@@ -323,8 +323,10 @@ def same(a: ImageDetections, b: ImageDetections) -> None:
     assert a.image_size == b.image_size
     assert a.class_names == b.class_names
     np.testing.assert_array_equal(a.labels, b.labels)
-    np.testing.assert_array_equal(a.boxes, b.boxes)
-    np.testing.assert_array_equal(a.scores, b.scores)
+    # The same pixels reach the network; only the batch it runs in differs, and convolution kernels
+    # chosen per batch size round differently in the last float32 bits.
+    np.testing.assert_allclose(a.boxes, b.boxes, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-5)
 
 
 def test_every_input_type_gives_the_same_detections(detector):

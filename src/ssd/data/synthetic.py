@@ -43,7 +43,7 @@ shapes, +-20 degrees for the square and the cross so they stay distinct from a d
 Sizes. An object's **size** is the longest side of its box divided by the image's *shorter* side, the
 strictest reading of "fraction of the image side" (after resizing to a square input, each relative box side
 ``w / W`` and ``h / H`` is at most the size). A share ``config.small_fraction`` (0.35) of the ordinary
-objects is drawn log-uniformly from ``[object_size[0], small_size) = [0.06, 0.15)``, the rest from
+objects is drawn log-uniformly from ``[object_size[0], small_size) = [0.08, 0.15)``, the rest from
 ``[0.15, object_size[1]] = [0.15, 0.6]``; the annotated box is the tight box of the pixels the shape covers
 at least half, so it matches the drawing exactly.
 
@@ -224,9 +224,9 @@ class SyntheticConfig:
         objects_per_image: fewest and most objects attempted in a non-empty image [(1, 6)]; an object that
             finds no place within the overlap limits is dropped.
         object_size: smallest and largest size of an ordinary object (longest box side / shorter image side)
-            [(0.06, 0.6)].
+            [(0.08, 0.6)].
         small_size: the "small" threshold [0.15].
-        small_fraction: share of ordinary objects drawn below ``small_size`` [0.35].
+        small_fraction: share of ordinary objects drawn below ``small_size`` [0.28].
         max_iou: largest IoU between two objects' boxes [0.4].
         difficult_fraction: share of objects that are difficult (half tiny, half low-contrast) [0.08].
         difficult_size: size range of the tiny difficult objects [(0.03, 0.06)].
@@ -241,9 +241,9 @@ class SyntheticConfig:
     classes: tuple[str, ...] = DEFAULT_CLASSES
     image_size: tuple[int, int] = (224, 320)
     objects_per_image: tuple[int, int] = (1, 6)
-    object_size: tuple[float, float] = (0.06, 0.6)
+    object_size: tuple[float, float] = (0.08, 0.6)
     small_size: float = 0.15
-    small_fraction: float = 0.35
+    small_fraction: float = 0.28
     max_iou: float = 0.4
     difficult_fraction: float = 0.08
     difficult_size: tuple[float, float] = (0.03, 0.06)
