@@ -160,10 +160,10 @@ def synthetic_head_outputs(n: int, priors: int, classes: int, device, seed: int 
     """Background logit high; ~70 priors per class per image above a 0.01 score, scores spread."""
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(n, priors, classes, generator=g) * 0.5
-    logits[..., 0] += 6.0
+    logits[..., 0] += 7.0
     # choose ~70 priors per (image, class) to lift above the 0.01 threshold
     lift = torch.rand(n, priors, classes, generator=g) < 70 / priors
-    logits += lift * (3.0 + 3.0 * torch.rand(n, priors, classes, generator=g))
+    logits += lift * (3.5 + 3.0 * torch.rand(n, priors, classes, generator=g))
     loc = torch.randn(n, priors, 4, generator=g) * 0.5
     return loc.to(device), logits.to(device)
 

@@ -98,6 +98,7 @@ class TrainConfig:
     checkpoint_every: int = 2000  # iterations (at batch 32)
     eval_every: int = 0  # iterations (at batch 32); 0 = never
     max_nonfinite: int = 0  # steps with a non-finite loss or gradient to skip before stopping
+    max_seconds: float | None = None  # stop (and save) after this much wall-clock time in the loop
     progress: bool = True
     tensorboard: bool = True
 
@@ -125,10 +126,15 @@ class TrainConfig:
             raise SSDError(f"--image-size must be at least 32, got {self.image_size}")
         if self.loc_loss not in ("smooth_l1", "l1_mean"):
             raise SSDError(f"--loc-loss must be smooth_l1 or l1_mean, not {self.loc_loss!r}")
-        for name in ("train_data", "val_data", "init_from", "resume"):
+        for name, option in (("train_data", "--data"), ("val_data", "--val"), ("init_from", "--init-from"),
+                             ("resume", "--resume")):  # fmt: skip
             value = getattr(self, name)
             if value and not Path(value).is_file():
-                raise SSDError(f"--{name.replace('_', '-')}: file not found: {value}")
+                raise SSDError(f"{option}: file not found: {value}")
+        from ssd.config import PRESETS
+
+        if self.preset not in PRESETS:
+            raise SSDError(f"--preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
         if self.init_from and self.resume:
             raise SSDError("--init-from and --resume exclude each other")
 
@@ -363,7 +369,7 @@ class TrainResult:
 
 RESUME_OVERRIDABLE = frozenset(
     {"iterations", "workers", "progress", "device", "log_every", "checkpoint_every", "eval_every",
-     "val_data", "tensorboard", "max_nonfinite"}
+     "val_data", "tensorboard", "max_nonfinite", "max_seconds"}
 )  # fmt: skip
 """Options a resumed run may change; everything else comes from the saved run."""
 
@@ -395,6 +401,16 @@ def train(
             raise SSDError(f"--resume continues the saved run; these options cannot change: {', '.join(refused)}")
         cfg = dataclasses.replace(saved, resume=cfg.resume, **overrides)
     cfg.validate()
+
+    run_dir = Path(cfg.out_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            probe = run_dir / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise SSDError(f"--out {run_dir}: cannot write there ({e.strerror or e})") from None
 
     device_kind = "cuda" if (cfg.device == "auto" and torch.cuda.is_available()) or cfg.device.startswith("cuda") else "cpu"
     info = setup_distributed(device_kind)
@@ -491,17 +507,9 @@ def train(
     val_index = DatasetIndex.load(cfg.val_data) if cfg.val_data else None
 
     # Run folder
-    run_dir = Path(cfg.out_dir)
     last_path, model_path = run_dir / "last.ckpt", run_dir / "model.ckpt"
     writer = None
     if info.is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            probe = run_dir / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as e:
-            raise SSDError(f"--out {run_dir}: cannot write there ({e.strerror or e})") from None
         record = {
             "train_config": cfg.to_dict(),
             "model_config": model_config.to_dict(),
@@ -570,6 +578,7 @@ def train(
 
     model.train()
     stream = batches()
+    loop_start = time.perf_counter()
     try:
         with _StopRequest() as stop:
             while step < schedule.iterations:
@@ -643,6 +652,13 @@ def train(
                                             cls=f"{values['cls']:.3f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}")  # fmt: skip
                 if step % schedule.checkpoint_every == 0 and step < schedule.iterations:
                     save_state(step)
+                if cfg.max_seconds is not None:
+                    out_of_time = torch.tensor(float(time.perf_counter() - loop_start >= cfg.max_seconds), device=device)
+                    if info.enabled:  # every rank stops at the same step
+                        dist.all_reduce(out_of_time, op=dist.ReduceOp.MAX)
+                    if out_of_time.item():
+                        log(f"time budget of {cfg.max_seconds:g} s reached at step {step}")
+                        break
                 if val_index is not None and schedule.eval_every and step % schedule.eval_every == 0:
                     result.evaluations.append(_evaluate_during_training(model, val_index, step, writer, log, info, log_file))
     except KeyboardInterrupt:

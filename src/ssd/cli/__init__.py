@@ -15,7 +15,7 @@ from typing import Sequence
 from ssd import __version__
 from ssd.errors import SSDError
 
-COMMAND_MODULES: tuple[str, ...] = ("demo", "data", "train", "evaluate", "detect", "export", "convert")
+COMMAND_MODULES: tuple[str, ...] = ("demo", "data", "train", "evaluate", "detect", "serve", "export", "convert")
 """Sub-command modules of this package, in the order ``ssd --help`` lists them."""
 
 EXIT_ERROR = 2

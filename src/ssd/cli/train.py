@@ -16,7 +16,7 @@ _FIELDS = {
     "grad_clip": "grad_clip", "accumulate": "accumulate", "loc_loss": "loc_loss", "workers": "workers",
     "seed": "seed", "device": "device", "amp": "amp", "channels_last": "channels_last", "compile": "compile",
     "log_every": "log_every", "checkpoint_every": "checkpoint_every", "eval_every": "eval_every",
-    "max_nonfinite": "max_nonfinite", "augment": "augment", "no_difficult": "keep_difficult",
+    "max_nonfinite": "max_nonfinite", "max_seconds": "max_seconds", "augment": "augment", "no_difficult": "keep_difficult",
     "image_size": "image_size", "reference_batch": "reference_batch",
 }  # fmt: skip
 
@@ -121,6 +121,7 @@ def register(sub) -> None:
     p.add_argument("--log-every", type=int, help=f"iterations between log records (default {d.log_every})")
     p.add_argument("--checkpoint-every", type=int, help=f"iterations between checkpoints, at batch 32 (default {d.checkpoint_every})")
     p.add_argument("--eval-every", type=int, help="evaluate --val every N iterations (at batch 32)")
+    p.add_argument("--max-seconds", type=float, help="stop (and save) after this much training time")
     p.add_argument("--max-nonfinite", type=int, help="skip up to N steps with a non-finite loss before stopping (default 0)")
     p.set_defaults(func=_cmd_train)
 

@@ -1,0 +1,102 @@
+"""``ssd serve``: the detection service and its web page (see :mod:`ssd.serve`), on loopback by default."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+
+from ssd.errors import SSDError
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"{text} is not positive")
+        return v
+
+    return parse
+
+
+def _non_negative(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return v
+
+
+def register(sub) -> None:
+    from ssd.serve import ServeLimits
+
+    d = ServeLimits()
+    p = sub.add_parser(
+        "serve",
+        help="an HTTP detection service with a web page (POST /detect, GET /)",
+        description="Serve a checkpoint over HTTP: POST /detect (an image as multipart field 'image' or the raw "
+        "body; min_score, max_overlap, top_k, suppress, annotated as query parameters) -> JSON detections; "
+        "GET / is a web page to try it; GET /health, /model, /stats. Requests arriving within the batch window "
+        "run through the model together. Needs: pip install 'ssd-detector[serve]'.",
+        epilog="Example: ssd serve --checkpoint ckpt.pt, then "
+        "curl -F image=@dog.jpg 'http://127.0.0.1:8000/detect?min_score=0.3'",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="an ssd checkpoint")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--min-score", type=float, default=None, help="default min_score of requests (0.2)")
+    p.add_argument("--max-upload-mb", type=_positive(float), default=d.max_upload_bytes / 2**20, metavar="MB",
+                   help=f"largest upload accepted, in MiB (default {d.max_upload_bytes / 2**20:g}; larger: 413)")
+    p.add_argument("--max-pixels", type=_positive(int), default=d.max_pixels,
+                   help=f"largest image accepted, width x height (default {d.max_pixels}; larger: 413)")
+    p.add_argument("--batch-window-ms", type=_non_negative, default=d.batch_window_ms, metavar="MS",
+                   help=f"how long to wait for more requests to batch together (default {d.batch_window_ms:g}; 0: no wait)")
+    p.add_argument("--max-batch", type=_positive(int), default=d.max_batch, help=f"images per forward pass at most (default {d.max_batch})")
+    p.add_argument("--queue-size", type=_positive(int), default=d.queue_size,
+                   help=f"requests waiting at most; more get 503 (default {d.queue_size})")
+    p.add_argument("--timeout", type=_positive(float), default=d.request_timeout_s, metavar="S",
+                   help=f"seconds a request may wait for its answer; then 504 (default {d.request_timeout_s:g})")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ssd.serve import create_app, require_serve_dependencies
+
+    require_serve_dependencies()
+    import uvicorn
+
+    from ssd.checkpoint import load_checkpoint
+    from ssd.detector import DEFAULTS, Detector
+
+    if not 0 <= args.port <= 65535:
+        raise SSDError(f"--port {args.port}: not a port (0-65535)")
+    version = load_checkpoint(args.checkpoint)["format_version"]
+    detector = Detector.from_checkpoint(
+        args.checkpoint, device=args.device,
+        min_score=DEFAULTS["min_score"] if args.min_score is None else args.min_score,
+    )  # fmt: skip
+    app = create_app(
+        detector, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+        batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, queue_size=args.queue_size,
+        request_timeout_s=args.timeout, checkpoint_format_version=version,
+    )  # fmt: skip
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback:
+        print(f"ssd serve: listening on {args.host}: reachable from other machines, with no authentication", file=sys.stderr)
+    print(f"ssd serve: {detector!r}", file=sys.stderr)
+    print(f"ssd serve: open http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}/", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    except OSError as e:
+        raise SSDError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    return 0

@@ -1,0 +1,503 @@
+"""``ssd serve``: a detection service over HTTP (FastAPI + uvicorn) with a web page, and micro-batching.
+
+::
+
+    from ssd.detector import Detector
+    from ssd.serve import create_app
+
+    app = create_app(Detector.from_checkpoint("checkpoint.pt"))   # then: uvicorn.run(app, host="127.0.0.1")
+
+Endpoints:
+
+* ``POST /detect``: the image as a multipart field ``image`` (``curl -F image=@dog.jpg``) or as the raw
+  request body (``curl --data-binary @dog.jpg -H 'Content-Type: image/jpeg'``). Settings as query
+  parameters or multipart form fields: ``min_score``, ``max_overlap``, ``top_k``, ``suppress`` (class names,
+  comma-separated) and ``annotated`` (``true``: the JSON also holds ``annotated_png``, the image with the
+  boxes drawn by :func:`ssd.visualize.draw_detections`, base64-encoded PNG). Answer:
+  ``{"source", "height", "width", "detections": [{"class_name", "label", "score", "box": [x1, y1, x2, y2]}],
+  "settings": {...}}`` -- :meth:`ssd.detector.ImageDetections.to_dict`, boxes in pixels of the original
+  (upright) image, exactly what :class:`~ssd.detector.Detector` returns for the same file.
+* ``GET /health``, ``GET /model`` (preset, classes with their colours, input size, checkpoint format
+  version), ``GET /stats`` (requests, batches, batched images, largest batch, rejections), ``GET /``
+  (the web page, from ``ssd/static``).
+
+Requests that arrive within ``batch_window_ms`` of each other are stacked into one forward pass (at most
+``max_batch`` images); each request's own settings are applied afterwards, in the detector's decoding
+(thresholds, per-class NMS, top-k). Images are decoded and resized in the server's worker threads, in
+parallel; only the forward pass and decoding run in the single batching thread.
+
+Errors are JSON ``{"detail": "message"}``: 400 (no image, or a bad field), 413 (upload over
+``max_upload_bytes`` or image over ``max_pixels``), 415 (not an image), 422 (a damaged image or a bad
+setting), 503 (queue full: ``queue_size`` requests waiting), 504 (no answer within ``request_timeout_s``).
+An unexpected failure is a 500 with a one-line message, never a traceback, and the service keeps running.
+"""
+
+import asyncio
+import base64
+import concurrent.futures
+import io
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ssd.errors import SSDError
+
+__all__ = ["create_app", "require_serve_dependencies", "STATIC_DIR", "ServeLimits"]
+
+log = logging.getLogger("ssd.serve")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+INSTALL_HINT = "pip install 'ssd-detector[serve]'"
+
+
+def require_serve_dependencies() -> None:
+    """Raise :class:`SSDError` with the install command when FastAPI, uvicorn or python-multipart is missing."""
+    missing = []
+    for module, package in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("multipart", "python-multipart")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise SSDError(f"ssd serve needs {', '.join(missing)}: {INSTALL_HINT}")
+
+
+class HTTPProblem(Exception):
+    """An error answer: status code and one-line message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class ServeLimits:
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    batch_window_ms: float = 5.0
+    max_batch: int = 16
+    queue_size: int = 64
+    request_timeout_s: float = 30.0
+
+
+# --- images ---------------------------------------------------------------------------------------
+
+
+def decode_upload(data: bytes, name: str, max_pixels: int) -> torch.Tensor:
+    """Uploaded bytes -> uint8 RGB (3, H, W), upright: :func:`ssd.detector.load_image` on them (so the
+    service reads an image exactly as ``Detector`` reads the same file). Raises :class:`HTTPProblem`."""
+    from PIL import Image
+
+    from ssd.detector import load_image
+
+    if not data:
+        raise HTTPProblem(400, "empty image (0 bytes)")
+    header_ok = False
+    try:  # the header only: format and size, so that huge images are refused before decoding
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+        header_ok = True
+        if w * h > max_pixels:
+            raise HTTPProblem(413, f"{name}: image of {w} x {h} pixels is over the limit of {max_pixels} pixels")
+    except HTTPProblem:
+        raise
+    except Image.DecompressionBombError:
+        raise HTTPProblem(413, f"{name}: image too large (over the decompression-bomb limit)") from None
+    except Exception:
+        header_ok = False
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    fd, tmp = tempfile.mkstemp(prefix="ssd-serve-", dir=shm)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            image = load_image(tmp)
+        except SSDError as e:
+            msg = str(e).replace(tmp, name)
+            raise HTTPProblem(422 if header_ok else 415, msg) from None
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    if image.shape[1] * image.shape[2] > max_pixels:
+        raise HTTPProblem(413, f"{name}: image of {image.shape[2]} x {image.shape[1]} pixels is over the limit of {max_pixels} pixels")
+    return image
+
+
+# --- micro-batching -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    tensor: torch.Tensor  # preprocessed (3, S, S) float
+    size: tuple[int, int]  # original (height, width)
+    settings: dict[str, Any]
+    source: str
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+class Batcher:
+    """One thread running the detector on batches of queued jobs (see the module docstring)."""
+
+    def __init__(self, detector, *, window_s: float, max_batch: int, queue_size: int) -> None:
+        self.detector = detector
+        self.window_s = max(0.0, float(window_s))
+        self.max_batch = max(1, int(max_batch))
+        self.queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max(1, int(queue_size)))
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.counters = {
+            "requests": 0, "completed": 0, "batches": 0, "batched_images": 0, "max_batch_seen": 0,
+            "rejected_queue_full": 0, "timeouts": 0, "client_errors": 0, "server_errors": 0,
+        }  # fmt: skip
+        self.batch_sizes: dict[int, int] = {}
+
+    def count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[key] += n
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            out = dict(self.counters)
+            out["batch_size_histogram"] = {str(k): v for k, v in sorted(self.batch_sizes.items())}
+        out["queued"] = self.queue.qsize()
+        out["mean_batch"] = round(out["batched_images"] / out["batches"], 3) if out["batches"] else 0.0
+        out["batch_window_ms"] = self.window_s * 1000
+        out["max_batch"] = self.max_batch
+        out["queue_size"] = self.queue.maxsize
+        return out
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="ssd-serve-batcher", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self.queue.put_nowait(None)
+        except queue.Full:
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def submit(self, job: _Job) -> concurrent.futures.Future:
+        self.start()
+        try:
+            self.queue.put_nowait(job)
+        except queue.Full:
+            raise HTTPProblem(503, f"busy: {self.queue.maxsize} requests are already waiting; retry later") from None
+        return job.future
+
+    def _collect(self, first: _Job) -> list[_Job]:
+        jobs = [first]
+        deadline = time.monotonic() + self.window_s
+        while len(jobs) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                job = self.queue.get_nowait() if remaining <= 0 else self.queue.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if job is None:
+                self._stop.set()
+                break
+            jobs.append(job)
+        return jobs
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if first is None:
+                break
+            jobs = [j for j in self._collect(first) if j.future.set_running_or_notify_cancel()]
+            if not jobs:
+                continue
+            try:
+                results = self._detect(jobs)
+            except Exception as e:  # never kill the thread: fail these requests, keep serving
+                log.exception("batch of %d failed", len(jobs))
+                for j in jobs:
+                    j.future.set_exception(e)
+                continue
+            with self._lock:
+                self.counters["batches"] += 1
+                self.counters["batched_images"] += len(jobs)
+                self.counters["max_batch_seen"] = max(self.counters["max_batch_seen"], len(jobs))
+                self.batch_sizes[len(jobs)] = self.batch_sizes.get(len(jobs), 0) + 1
+            for j, r in zip(jobs, results):
+                j.future.set_result(r)
+
+    def _detect(self, jobs: list[_Job]):
+        """One forward pass for all jobs; each job's settings applied in the decoding (as Detector._detect)."""
+        from ssd.detector import ImageDetections, _readonly
+        from ssd.export import postprocess_decoded
+
+        det = self.detector
+        batch = torch.stack([j.tensor for j in jobs])
+        boxes_all, scores_all = det._decoded_outputs(batch)
+        names = det.class_names
+        out = []
+        for i, j in enumerate(jobs):
+            s = j.settings
+            h, w = j.size
+            d = postprocess_decoded(
+                boxes_all[i : i + 1], scores_all[i : i + 1], min_score=s["min_score"], max_overlap=s["max_overlap"],
+                top_k=s["top_k"], candidates_per_class=det.candidates_per_class, image_sizes=[(h, w)],
+                suppress_labels=[names.index(c) + 1 for c in s["suppress"]],
+            )[0]  # fmt: skip
+            labels = d.labels.cpu().numpy().astype(np.int64)
+            boxes = d.boxes.float().cpu().numpy().reshape(-1, 4)
+            boxes = np.clip(boxes, 0.0, np.array([w, h, w, h], dtype=np.float32))
+            out.append(
+                ImageDetections(
+                    boxes=_readonly(boxes), scores=_readonly(d.scores.float().cpu().numpy()), labels=_readonly(labels),
+                    class_names=tuple(names[int(l) - 1] for l in labels), image_size=(h, w), source=j.source,
+                )  # fmt: skip
+            )
+        return out
+
+
+# --- settings ---------------------------------------------------------------------------------------
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def parse_settings(params: dict[str, str], detector) -> tuple[dict[str, Any], bool]:
+    """Query/form strings -> (detector settings, annotated). Raises HTTPProblem(422) on a bad value."""
+    from ssd.detector import _check_settings
+
+    known = {"min_score", "max_overlap", "top_k", "suppress", "annotated"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise HTTPProblem(422, f"unknown parameter {unknown[0]!r}; parameters are: {', '.join(sorted(known))}")
+    s = dict(detector.settings)
+    for key, conv in (("min_score", float), ("max_overlap", float), ("top_k", int)):
+        if key in params:
+            try:
+                s[key] = conv(params[key])
+            except ValueError:
+                raise HTTPProblem(422, f"{key}: {params[key]!r} is not a{'n integer' if conv is int else ' number'}") from None
+            if conv is float and s[key] != s[key]:
+                raise HTTPProblem(422, f"{key} must be in [0, 1], got nan")
+    if "suppress" in params:
+        s["suppress"] = tuple(c.strip() for c in params["suppress"].split(",") if c.strip())
+    annotated = False
+    if "annotated" in params:
+        v = params["annotated"].strip().lower()
+        if v not in _TRUE | _FALSE:
+            raise HTTPProblem(422, f"annotated: {params['annotated']!r} is not true or false")
+        annotated = v in _TRUE
+    try:
+        s = _check_settings(s, detector.class_names)
+    except SSDError as e:
+        raise HTTPProblem(422, str(e)) from None
+    return s, annotated
+
+
+def _annotated_png(image: torch.Tensor, dets) -> str:
+    from PIL import Image
+
+    from ssd.visualize import draw_detections
+
+    pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+    buf = io.BytesIO()
+    draw_detections(pil, dets).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def model_info(detector, checkpoint_format_version: int | None = None) -> dict[str, Any]:
+    from ssd.visualize import class_color
+
+    model = detector.model
+    config = getattr(model, "config", None)
+    return {
+        "backend": detector.backend,
+        "preset": getattr(config, "preset", None),
+        "input_size": detector.image_size,
+        "classes": list(detector.class_names),
+        "class_colors": ["#%02x%02x%02x" % class_color(i + 1) for i in range(len(detector.class_names))],
+        "checkpoint_format_version": checkpoint_format_version,
+        "device": str(detector.device),
+        "defaults": {k: (list(v) if isinstance(v, tuple) else v) for k, v in detector.settings.items() if k != "batch_size"},
+    }
+
+
+# --- the app ----------------------------------------------------------------------------------------
+
+
+def create_app(
+    detector,
+    *,
+    max_upload_bytes: int = ServeLimits.max_upload_bytes,
+    max_pixels: int = ServeLimits.max_pixels,
+    batch_window_ms: float = ServeLimits.batch_window_ms,
+    max_batch: int = ServeLimits.max_batch,
+    queue_size: int = ServeLimits.queue_size,
+    request_timeout_s: float = ServeLimits.request_timeout_s,
+    checkpoint_format_version: int | None = None,
+):
+    """A FastAPI app serving ``detector`` (a :class:`ssd.detector.Detector`); see the module docstring."""
+    require_serve_dependencies()
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from ssd.detector import _preprocess
+
+    if checkpoint_format_version is None and getattr(detector, "backend", None) == "torch":
+        from ssd.checkpoint import FORMAT_VERSION
+
+        checkpoint_format_version = FORMAT_VERSION
+    batcher = Batcher(detector, window_s=batch_window_ms / 1000.0, max_batch=max_batch, queue_size=queue_size)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        try:
+            yield
+        finally:
+            batcher.stop()
+
+    app = FastAPI(title="ssd detection service", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.batcher = batcher
+    app.state.detector = detector
+    info = model_info(detector, checkpoint_format_version)
+
+    def problem(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"detail": message}, status_code=status)
+
+    @app.exception_handler(HTTPProblem)
+    async def _on_problem(request: Request, exc: HTTPProblem):
+        batcher.count("client_errors" if exc.status < 500 else ("rejected_queue_full" if exc.status == 503 else "timeouts"))
+        return problem(exc.status, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http(request: Request, exc: StarletteHTTPException):
+        return problem(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _on_error(request: Request, exc: Exception):
+        log.error("internal error on %s: %s: %s", request.url.path, type(exc).__name__, exc)
+        batcher.count("server_errors")
+        return problem(500, f"internal error: {type(exc).__name__}")
+
+    async def read_body(request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                if int(length) > max_upload_bytes:
+                    raise HTTPProblem(413, f"upload of {int(length)} bytes is over the limit of {max_upload_bytes} bytes")
+            except ValueError:
+                raise HTTPProblem(400, "bad Content-Length header") from None
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_upload_bytes:
+                raise HTTPProblem(413, f"upload over the limit of {max_upload_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def image_and_params(request: Request) -> tuple[bytes, str, dict[str, str]]:
+        params = dict(request.query_params)
+        body = await read_body(request)
+        ctype = request.headers.get("content-type", "").lower()
+        if ctype.startswith("multipart/form-data"):
+            sent = False
+
+            async def replay():
+                nonlocal sent
+                if sent:
+                    return {"type": "http.disconnect"}
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            try:
+                form = await Request(request.scope, replay).form(max_files=4, max_fields=32)
+            except Exception as e:
+                raise HTTPProblem(400, f"cannot parse the multipart form: {getattr(e, 'detail', e)}") from None
+            image, name = None, "<upload>"
+            for key, value in form.multi_items():
+                if hasattr(value, "read"):  # an UploadFile
+                    if key != "image":
+                        raise HTTPProblem(400, f"unexpected file field {key!r}: send the image in the field 'image'")
+                    image, name = await value.read(), (value.filename or "<upload>")
+                elif key == "image":
+                    raise HTTPProblem(400, "field 'image' must be a file upload, not text")
+                else:
+                    params[key] = str(value)
+            await form.close()
+            if image is None:
+                raise HTTPProblem(400, "no image: send a multipart file field named 'image' (or the image as the raw body)")
+            return image, name, params
+        if ctype.startswith("application/x-www-form-urlencoded") or ctype.startswith("text/") or ctype.startswith("application/json"):
+            raise HTTPProblem(415, f"send the image as multipart field 'image' or as the raw body, not {ctype.split(';')[0]}")
+        if not body:
+            raise HTTPProblem(400, "no image: send a multipart file field named 'image' (or the image as the raw body)")
+        return body, "<upload>", params
+
+    @app.post("/detect")
+    async def detect(request: Request):
+        batcher.count("requests")
+        data, name, params = await image_and_params(request)
+        settings, annotated = parse_settings(params, detector)
+        image = await run_in_threadpool(decode_upload, data, name, max_pixels)
+        tensor = await run_in_threadpool(_preprocess, image, detector.image_size)
+        job = _Job(tensor=tensor, size=(int(image.shape[1]), int(image.shape[2])), settings=settings, source=name)
+        fut = batcher.submit(job)
+        try:
+            dets = await asyncio.wait_for(asyncio.wrap_future(fut), timeout=request_timeout_s)
+        except asyncio.TimeoutError:
+            fut.cancel()
+            raise HTTPProblem(504, f"no answer within {request_timeout_s:g} s (the service is overloaded)") from None
+        out = dets.to_dict()
+        out["settings"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items() if k != "batch_size"}
+        if annotated:
+            out["annotated_png"] = await run_in_threadpool(_annotated_png, image, dets)
+        batcher.count("completed")
+        return out
+
+    @app.get("/health")
+    async def health():
+        alive = batcher._thread is not None and batcher._thread.is_alive()
+        return {"status": "ok" if alive else "starting", "queued": batcher.queue.qsize()}
+
+    @app.get("/model")
+    async def model():
+        return info
+
+    @app.get("/stats")
+    async def stats():
+        return batcher.stats()
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
