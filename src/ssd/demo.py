@@ -118,7 +118,7 @@ def run_demo(
     log("[4/4] drawing detections on test images")
     files["detections"] = str(_draw_examples(model, indexes["test"], out / "detections"))
     total = time.perf_counter() - start
-    report = _write_report(out, evaluation, train_seconds, total, cfg, files)
+    report = _write_report(out, evaluation, train_seconds, total, cfg, model.config.image_size, files)
     return DemoResult(out, evaluation.voc.mAP, dict(evaluation.voc.ap), train_seconds, evaluation.seconds, total,
                       report, files)  # fmt: skip
 
@@ -139,7 +139,9 @@ def _draw_examples(model, index, folder: Path, count: int = 6) -> Path:
     return folder
 
 
-def _write_report(out: Path, evaluation, train_seconds: float, total: float, cfg, files: dict[str, str]) -> Path:
+def _write_report(
+    out: Path, evaluation, train_seconds: float, total: float, cfg, image_size: int, files: dict[str, str]
+) -> Path:
     voc = evaluation.voc
     lines = [
         "# ssd demo report",
@@ -147,7 +149,7 @@ def _write_report(out: Path, evaluation, train_seconds: float, total: float, cfg
         f"VOC07 mAP on the synthetic test split ({evaluation.num_images} images): **{voc.mAP:.4f}** "
         f"(the demo expects at least {MIN_MAP}).",
         "",
-        f"Trained the `small` preset ({cfg.image_size} px, BatchNorm) for {cfg.iterations} iterations of batch "
+        f"Trained the `small` preset ({image_size} px, BatchNorm, AdamW, flips) for {cfg.iterations} iterations of batch "
         f"{cfg.batch_size} from random weights in {train_seconds:.0f} s; the whole demo took {total:.0f} s.",
         "",
         "| class | AP |",
