@@ -122,6 +122,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("config", "model"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
+    model = ckpt["model"]
+    if not isinstance(model, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()
+    ):
+        raise CheckpointError(f"{path}: the 'model' entry is not a mapping of names to tensors")
     return dict(ckpt)
 
 

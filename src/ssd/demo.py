@@ -74,6 +74,7 @@ def run_demo(
     from ssd.data.index import build_voc_index, summary_lines
     from ssd.data.synthetic import DEMO_CONFIG, generate_synthetic
     from ssd.engine import TrainConfig, train
+    from ssd.errors import SSDError
     from ssd.evaluate import evaluate
 
     start = time.perf_counter()
@@ -94,7 +95,7 @@ def run_demo(
         settings["milestones"] = (int(iterations * 0.8),)
     cfg = TrainConfig(
         train_data=str(data_dir / "train.json"), out_dir=str(out / "run"), device=device, workers=workers,
-        progress=progress, tensorboard=False, **settings,
+        progress=progress, tensorboard=False, overwrite=True, **settings,
     )  # fmt: skip
     device_name = "cuda" if device == "auto" and torch.cuda.is_available() else device
     log(f"[2/4] training the small preset for {cfg.iterations} iterations of batch {cfg.batch_size} on {device_name}")
@@ -112,7 +113,7 @@ def run_demo(
 
         plot_pr_curves(evaluation.voc, out / "pr_curves.png", title="ssd demo: synthetic test split")
         files["pr_curves"] = str(out / "pr_curves.png")
-    except Exception as e:  # matplotlib missing: the report says so
+    except SSDError as e:  # matplotlib missing: the report says so
         log(f"      no PR-curve picture: {e}")
 
     log("[4/4] drawing detections on test images")

@@ -39,6 +39,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ssd.checkpoint import (
+    CheckpointError,
     atomic_torch_save,
     config_from_checkpoint,
     load_checkpoint,
@@ -61,6 +62,7 @@ class TrainConfig:
     train_data: str = ""  # a dataset index (JSON) made by `ssd data`
     val_data: str | None = None  # index evaluated every `eval_every` iterations
     out_dir: str = "runs/ssd"
+    overwrite: bool = False  # start a fresh run in a folder that already holds one
     preset: str = "ssd300"
     image_size: int | None = None  # None: the preset's
     batch_norm: bool | None = None  # None: the preset's
@@ -234,10 +236,15 @@ def setup_distributed(device_kind: str) -> DistInfo:
 def pick_device(name: str, info: DistInfo) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SSDError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise SSDError("--device cuda: no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SSDError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
         if info.enabled:
             device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
@@ -343,6 +350,10 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
+class _StopAtBoundary(Exception):
+    """Raised at a step boundary after Ctrl-C: the state there is consistent and is saved."""
+
+
 class TrainingStopped(SSDError):
     """The run stopped early (Ctrl-C); the state was saved."""
 
@@ -399,10 +410,20 @@ def train(
         refused = sorted(set(overrides) - RESUME_OVERRIDABLE)
         if refused:
             raise SSDError(f"--resume continues the saved run; these options cannot change: {', '.join(refused)}")
-        cfg = dataclasses.replace(saved, resume=cfg.resume, **overrides)
+        cfg = dataclasses.replace(saved, resume=cfg.resume, init_from=None, **overrides)
     cfg.validate()
+    # Absolute data paths, so that the saved run resumes from any working directory.
+    cfg = dataclasses.replace(
+        cfg, train_data=str(Path(cfg.train_data).resolve()),
+        val_data=str(Path(cfg.val_data).resolve()) if cfg.val_data else None,
+    )  # fmt: skip
 
     run_dir = Path(cfg.out_dir)
+    if resume_ckpt is None and (run_dir / "last.ckpt").exists() and not cfg.overwrite:
+        raise SSDError(
+            f"--out {run_dir} already holds a run (last.ckpt): continue it with --resume {run_dir / 'last.ckpt'}, "
+            "choose another --out, or pass --overwrite"
+        )
     if int(os.environ.get("RANK", "0")) == 0:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -476,12 +497,15 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     step = 0
     if resume_ckpt is not None:
-        optimizer.load_state_dict(resume_ckpt["optimizer"])
-        scheduler.load_state_dict(resume_ckpt["scheduler"])
-        if "scaler" in resume_ckpt:
-            scaler.load_state_dict(resume_ckpt["scaler"])
-        step = int(resume_ckpt["step"])
-        _set_rng_state(resume_ckpt["rng"])
+        try:
+            optimizer.load_state_dict(resume_ckpt["optimizer"])
+            scheduler.load_state_dict(resume_ckpt["scheduler"])
+            if "scaler" in resume_ckpt:
+                scaler.load_state_dict(resume_ckpt["scaler"])
+            step = int(resume_ckpt["step"])
+            _set_rng_state(resume_ckpt["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"--resume {cfg.resume}: the training state is incomplete or does not fit: {e}") from None
 
     ddp_model: nn.Module = model
     if info.enabled:
@@ -563,7 +587,7 @@ def train(
         from tqdm import tqdm
 
         bar = tqdm(total=schedule.iterations, initial=step, desc="train", unit="it", dynamic_ncols=True)
-    log_file = open(run_dir / "log.jsonl", "a") if info.is_main else None
+    log_file = open(run_dir / "log.jsonl", "a" if resume_ckpt is not None else "w") if info.is_main else None
     nonfinite = 0
     window_images, window_start = 0, time.perf_counter()
 
@@ -576,14 +600,22 @@ def train(
             yield from loader
             epoch, first = epoch + 1, 0
 
+    def agreed(flag: bool) -> bool:
+        """True on every rank when it is true on any (so all ranks leave the loop at the same step)."""
+        if not info.enabled:
+            return flag
+        t = torch.tensor(float(flag), device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     model.train()
     stream = batches()
     loop_start = time.perf_counter()
     try:
         with _StopRequest() as stop:
             while step < schedule.iterations:
-                if stop.requested:
-                    raise KeyboardInterrupt
+                if agreed(stop.requested):
+                    raise _StopAtBoundary
                 optimizer.zero_grad(set_to_none=True)
                 parts = None
                 for _ in range(cfg.accumulate):
@@ -591,7 +623,7 @@ def train(
                         batch = next(stream)
                     except RuntimeError:
                         if stop.requested:  # a worker died of the same Ctrl-C
-                            raise KeyboardInterrupt from None
+                            raise _StopAtBoundary from None
                         raise
                     if batch.failed:
                         result.skipped_images += len(batch.failed)
@@ -608,11 +640,15 @@ def train(
                 grad_norm = nn.utils.clip_grad_norm_(
                     model.parameters(), cfg.grad_clip if cfg.grad_clip is not None else float("inf")
                 )
-                finite = bool(torch.isfinite(parts.total) & torch.isfinite(grad_norm))
-                if not finite:
+                loss_finite = bool(torch.isfinite(parts.total))
+                # Under fp16 an infinite gradient is the scaler's overflow: scaler.step skips it and lowers the scale.
+                grad_finite = scaler.is_enabled() or bool(torch.isfinite(grad_norm))
+                if loss_finite and grad_finite:
+                    scaler.step(optimizer)
+                else:
                     nonfinite += 1
                     if nonfinite > cfg.max_nonfinite:
-                        what = "loss" if not torch.isfinite(parts.total) else "gradient"
+                        what = "loss" if not loss_finite else "gradient"
                         raise TrainingDiverged(
                             f"the {what} became non-finite at step {step + 1}; stopped. The last good "
                             f"checkpoint is {last_path if last_path.exists() else 'not written yet'} "
@@ -620,11 +656,6 @@ def train(
                         )
                     log(f"step {step + 1}: non-finite loss or gradient, step skipped ({nonfinite}/{cfg.max_nonfinite})")
                     optimizer.zero_grad(set_to_none=True)
-                    scaler.update()
-                    scheduler.step()
-                    step += 1
-                    continue
-                scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
                 step += 1
@@ -652,33 +683,37 @@ def train(
                                             cls=f"{values['cls']:.3f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}")  # fmt: skip
                 if step % schedule.checkpoint_every == 0 and step < schedule.iterations:
                     save_state(step)
-                if cfg.max_seconds is not None:
-                    out_of_time = torch.tensor(float(time.perf_counter() - loop_start >= cfg.max_seconds), device=device)
-                    if info.enabled:  # every rank stops at the same step
-                        dist.all_reduce(out_of_time, op=dist.ReduceOp.MAX)
-                    if out_of_time.item():
-                        log(f"time budget of {cfg.max_seconds:g} s reached at step {step}")
-                        break
                 if val_index is not None and schedule.eval_every and step % schedule.eval_every == 0:
                     result.evaluations.append(_evaluate_during_training(model, val_index, step, writer, log, info, log_file))
-    except KeyboardInterrupt:
+                if cfg.max_seconds is not None and agreed(time.perf_counter() - loop_start >= cfg.max_seconds):
+                    log(f"time budget of {cfg.max_seconds:g} s reached at step {step}")
+                    result.stopped = True
+                    break
+    except _StopAtBoundary:
+        # Between steps: the model, optimiser and step counter agree, so the state can be saved.
         if bar is not None:
             bar.close()
         save_state(step)
-        if log_file:
-            log_file.close()
         raise TrainingStopped(
             f"interrupted at step {step}; state saved to {last_path}. Continue with: ssd train --resume {last_path}"
+        ) from None
+    except KeyboardInterrupt:
+        # A second Ctrl-C, possibly in the middle of a step: the last checkpoint on disk is left as it is.
+        raise TrainingStopped(
+            f"interrupted at step {step} without saving (second Ctrl-C); the last checkpoint is "
+            f"{last_path if last_path.exists() else 'not written yet'}"
         ) from None
     finally:
         if bar is not None:
             bar.close()
         if writer is not None:
             writer.close()
+        if log_file is not None:
+            log_file.close()
+        stream.close()  # ends the loader iterator and its worker processes
     save_state(step)
     if info.is_main:
         save_checkpoint(model, model_path)
-        log_file.close()
         if result.skipped_images:
             log(f"{result.skipped_images} unreadable images were replaced during training (see warnings)")
     result.step = step
@@ -690,6 +725,7 @@ def _evaluate_during_training(model, index, step, writer, log, info, log_file) -
     from ssd.evaluate import evaluate
 
     if not info.is_main:
+        dist.barrier()  # wait for rank 0's evaluation before the next step's collectives
         return {}
     evaluation = evaluate(model, index)
     model.train()
@@ -699,6 +735,8 @@ def _evaluate_during_training(model, index, step, writer, log, info, log_file) -
         writer.add_scalar("eval/mAP", m_ap, step)
     record = {"step": step, "eval_mAP": m_ap}
     log_file.write(json.dumps(record) + "\n")
+    if info.enabled:
+        dist.barrier()
     return record
 
 

@@ -175,7 +175,7 @@ class MultiBoxLoss(nn.Module):
             loc = (per_coord.sum(-1) * pos).sum() / divisor
         else:
             per_coord = (loc_offsets - loc_target).abs()
-            loc = (per_coord.sum(-1) * pos).sum() / (4 * num_pos.clamp(min=1))
+            loc = (per_coord.sum(-1) * pos).sum() / (4 * divisor)
 
         n, p, c = cls_logits.shape
         logits = cls_logits.reshape(n * p, c).to(torch.promote_types(cls_logits.dtype, torch.float32))

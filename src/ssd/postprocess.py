@@ -32,11 +32,14 @@ class Detections(NamedTuple):
     scores: Tensor  # (K,)
 
 
-def grouped_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+def grouped_nms(
+    boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float, max_per_group: int | None = None
+) -> Tensor:
     """Exact greedy NMS within each group; boxes of different groups never suppress each other.
 
     Args:
         boxes_xyxy: (K, 4); scores: (K,); groups: (K,) integer group ids.
+        max_per_group: only the best-scoring this many boxes of each group take part (a candidate cap).
     Returns:
         indices of the kept boxes, ordered by group, then by descending score.
     """
@@ -46,6 +49,12 @@ def grouped_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshol
     by_score = torch.sort(scores, descending=True, stable=True).indices
     order = by_score[torch.sort(groups[by_score], stable=True).indices]
     sorted_groups = groups[order]
+    if max_per_group is not None:
+        _, inverse, counts_t = torch.unique_consecutive(sorted_groups, return_inverse=True, return_counts=True)
+        starts = torch.cumsum(counts_t, 0) - counts_t
+        within = torch.arange(order.numel(), device=order.device) - starts[inverse]
+        order = order[within < max_per_group]
+        sorted_groups = groups[order]
     counts = torch.unique_consecutive(sorted_groups, return_counts=True)[1].tolist()
     sorted_boxes, sorted_scores = boxes_xyxy[order], scores[order]
     kept = []
@@ -91,17 +100,13 @@ def postprocess(
     if decode_config.clip_boxes:
         boxes = boxes.clamp(0.0, 1.0)
 
-    cap = decode_config.candidates_per_class
-    if cap is not None and cap < p:
-        top_scores, top_prior = scores.transpose(1, 2).topk(cap, dim=2)  # (N, K, cap)
-        img, cls, j = (top_scores > min_score).nonzero(as_tuple=True)
-        cand_scores, prior = top_scores[img, cls, j], top_prior[img, cls, j]
-    else:
-        img, prior, cls = (scores > min_score).nonzero(as_tuple=True)
-        cand_scores = scores[img, prior, cls]
+    # Threshold first, then cap each (image, class) group at its best candidates inside grouped_nms:
+    # the same set as a per-class top-k followed by the threshold, without a top-k over every prior.
+    img, prior, cls = (scores > min_score).nonzero(as_tuple=True)
+    cand_scores = scores[img, prior, cls]
     cand_boxes = boxes[img, prior]
-
-    keep = grouped_nms(cand_boxes, cand_scores, img * k + cls, max_overlap)
+    cap = decode_config.candidates_per_class
+    keep = grouped_nms(cand_boxes, cand_scores, img * k + cls, max_overlap, max_per_group=cap)
     img, cls, cand_scores, cand_boxes = img[keep], cls[keep], cand_scores[keep], cand_boxes[keep]
 
     # Best top_k per image: order by (image, -score), rank within each image.

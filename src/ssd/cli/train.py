@@ -17,7 +17,7 @@ _FIELDS = {
     "seed": "seed", "device": "device", "amp": "amp", "channels_last": "channels_last", "compile": "compile",
     "log_every": "log_every", "checkpoint_every": "checkpoint_every", "eval_every": "eval_every",
     "max_nonfinite": "max_nonfinite", "max_seconds": "max_seconds", "augment": "augment", "no_difficult": "keep_difficult",
-    "image_size": "image_size", "reference_batch": "reference_batch",
+    "image_size": "image_size", "reference_batch": "reference_batch", "overwrite": "overwrite",
 }  # fmt: skip
 
 
@@ -49,6 +49,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         given[field] = value
     values.update(given)
     if args.resume:
+        if args.config or args.recipe != "paper":
+            raise SSDError("--resume continues the saved run's configuration; --config and --recipe do not apply")
         # A resumed run keeps its configuration; only how-to-run options may change.
         overrides = {k: v for k, v in given.items() if k not in ("resume",)}
         cfg = TrainConfig(resume=args.resume)
@@ -91,6 +93,7 @@ def register(sub) -> None:
                    help="initialise the VGG16 base (default auto: ImageNet where the preset fits)")  # fmt: skip
     p.add_argument("--init-from", metavar="CKPT", help="fine-tune from an ssd checkpoint (other class counts too)")
     p.add_argument("--resume", metavar="CKPT", help="continue a run from its last.ckpt")
+    p.add_argument("--overwrite", action="store_true", default=None, help="start afresh in an --out folder that holds a run")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of options (TrainConfig fields)")
     p.add_argument("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
     p.add_argument("--iterations", type=int, help=f"iterations at the reference batch (default {d.iterations})")
