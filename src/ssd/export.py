@@ -64,7 +64,7 @@ from torch import Tensor, nn
 
 from ssd.boxes import cxcywh_to_xyxy, decode
 from ssd.errors import SSDError
-from ssd.postprocess import Detections, grouped_nms
+from ssd.postprocess import Detections, select_detections
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -145,38 +145,10 @@ def postprocess_decoded(
         keep_cls[torch.as_tensor([int(l) - 1 for l in suppress_labels], device=scores.device)] = False
         scores = scores * keep_cls  # suppressed classes score 0, never above min_score >= 0
 
-    cap = candidates_per_class
-    if cap is not None and cap < p:
-        top_scores, top_prior = scores.transpose(1, 2).topk(cap, dim=2)  # (N, K, cap)
-        img, cls, j = (top_scores > min_score).nonzero(as_tuple=True)
-        cand_scores, prior = top_scores[img, cls, j], top_prior[img, cls, j]
-    else:
-        img, prior, cls = (scores > min_score).nonzero(as_tuple=True)
-        cand_scores = scores[img, prior, cls]
-    cand_boxes = boxes[img, prior]
-
-    keep = grouped_nms(cand_boxes, cand_scores, img * k + cls, max_overlap)
-    img, cls, cand_scores, cand_boxes = img[keep], cls[keep], cand_scores[keep], cand_boxes[keep]
-
-    by_score = torch.sort(cand_scores, descending=True, stable=True).indices
-    order = by_score[torch.sort(img[by_score], stable=True).indices]
-    img, cls, cand_scores, cand_boxes = img[order], cls[order], cand_scores[order], cand_boxes[order]
-    counts = torch.bincount(img, minlength=n)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(img.numel(), device=img.device) - starts[img]
-    sel = rank < top_k
-    img, cls, cand_scores, cand_boxes = img[sel], cls[sel], cand_scores[sel], cand_boxes[sel]
-
-    if image_sizes is not None:
-        hw = torch.as_tensor(image_sizes, dtype=cand_boxes.dtype, device=cand_boxes.device).reshape(n, 2)
-        scale = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=1)
-        cand_boxes = cand_boxes * scale[img]
-
-    per_image = torch.bincount(img, minlength=n).tolist()
-    return [
-        Detections(b, l + 1, s)
-        for b, l, s in zip(cand_boxes.split(per_image), cls.split(per_image), cand_scores.split(per_image))
-    ]
+    return select_detections(
+        boxes, scores, min_score=min_score, max_overlap=max_overlap, top_k=top_k,
+        candidates_per_class=candidates_per_class, image_sizes=image_sizes,
+    )  # fmt: skip
 
 
 # --- export --------------------------------------------------------------------------------------

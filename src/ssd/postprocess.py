@@ -93,19 +93,41 @@ def postprocess(
     Returns:
         one :class:`Detections` per image, best score first.
     """
-    n, p, c = cls_logits.shape
-    k = c - 1
     scores = F.softmax(cls_logits.float(), dim=-1)[..., 1:]  # (N, P, K)
     boxes = cxcywh_to_xyxy(decode(loc_offsets.float(), priors_cxcywh.float(), decode_config.size_clamp))
     if decode_config.clip_boxes:
         boxes = boxes.clamp(0.0, 1.0)
 
+    return select_detections(
+        boxes, scores, min_score=min_score, max_overlap=max_overlap, top_k=top_k,
+        candidates_per_class=decode_config.candidates_per_class, image_sizes=image_sizes,
+    )  # fmt: skip
+
+
+def select_detections(
+    boxes_xyxy_rel: Tensor,
+    scores: Tensor,
+    *,
+    min_score: float = 0.01,
+    max_overlap: float = 0.45,
+    top_k: int = 200,
+    candidates_per_class: int | None = None,
+    image_sizes: Sequence[tuple[int, int]] | Tensor | None = None,
+) -> list[Detections]:
+    """Threshold, per-class NMS and top-k on decoded outputs: the second half of :func:`postprocess`.
+
+    Args:
+        boxes_xyxy_rel: (N, P, 4) decoded boxes. scores: (N, P, K) foreground class scores (column j is
+            label j + 1). The other arguments as in :func:`postprocess`.
+    """
+    n, _, k = scores.shape
+    boxes = boxes_xyxy_rel
     # Threshold first, then cap each (image, class) group at its best candidates inside grouped_nms:
     # the same set as a per-class top-k followed by the threshold, without a top-k over every prior.
     img, prior, cls = (scores > min_score).nonzero(as_tuple=True)
     cand_scores = scores[img, prior, cls]
     cand_boxes = boxes[img, prior]
-    cap = decode_config.candidates_per_class
+    cap = candidates_per_class
     keep = grouped_nms(cand_boxes, cand_scores, img * k + cls, max_overlap, max_per_group=cap)
     img, cls, cand_scores, cand_boxes = img[keep], cls[keep], cand_scores[keep], cand_boxes[keep]
 
