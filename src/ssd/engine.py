@@ -430,6 +430,8 @@ def train(
             probe = run_dir / ".write-test"
             probe.write_text("ok")
             probe.unlink()
+            for stale in run_dir.glob(".last.ckpt.*.tmp"):  # left by a writer killed mid-write
+                stale.unlink(missing_ok=True)
         except OSError as e:
             raise SSDError(f"--out {run_dir}: cannot write there ({e.strerror or e})") from None
 
