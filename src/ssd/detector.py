@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ssd.data.image import _array_to_tensor, _check_size, _float_to_uint8, _pil_to_tensor, load_image
+from ssd.device import resolve_device
 from ssd.errors import SSDError
 
 __all__ = ["Detector", "ImageDetections", "load_image", "resolve_device", "DEFAULTS"]
@@ -97,35 +98,6 @@ class ImageDetections:
 
 
 # --- devices and images --------------------------------------------------------------------------
-
-
-def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` (CUDA, then Apple MPS, then the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
-    if isinstance(name, torch.device):
-        return name
-    if name is None or name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError, TypeError):
-        raise SSDError(f"device {name!r}: not a device (use auto, cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SSDError(f"device {name}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise SSDError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise SSDError(f"device {name}: MPS is not available on this machine")
-    elif device.type != "cpu":
-        raise SSDError(f"device {name}: use auto, cpu, cuda, cuda:N or mps")
-    return device
 
 
 def _tensor_to_uint8(t: Tensor, source: str = "<tensor>") -> Tensor:

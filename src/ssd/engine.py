@@ -234,17 +234,13 @@ def setup_distributed(device_kind: str) -> DistInfo:
 
 
 def pick_device(name: str, info: DistInfo) -> torch.device:
+    """The training device: ``auto`` is CUDA when present, else the CPU; under torchrun, CUDA's local rank."""
+    from ssd.device import resolve_device
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SSDError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    device = resolve_device(name, "--device")
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SSDError("--device cuda: no CUDA device is available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise SSDError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
         if info.enabled:
             device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)

@@ -142,17 +142,14 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
         v["json"] = None
     suppress = [c.strip() for item in args.suppress for c in item.split(",") if c.strip()]
     v["suppress"] = suppress
-    from ssd.detector import resolve_device
+    from ssd.device import resolve_device
 
     if args.onnx:
         if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
             raise SSDError(f"--device {args.device}: with --onnx use auto, cpu or cuda[:N]")
         v["device"] = args.device
     else:
-        try:
-            v["device"] = resolve_device(args.device)
-        except SSDError as e:
-            raise SSDError(f"--device {args.device}: {str(e).split(': ', 1)[-1]}") from None
+        v["device"] = resolve_device(args.device, "--device")
     return v
 
 

@@ -132,25 +132,6 @@ def _voc_root(path: str) -> Path:
     return p
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise SSDError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SSDError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise SSDError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise SSDError(f"--device {name}: MPS is not available on this machine")
-    return device
-
-
 def _validate(args: argparse.Namespace) -> dict[str, Any]:
     """Check every option before any work; returns resolved paths and settings."""
     v: dict[str, Any] = {}
@@ -194,7 +175,9 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
     if args.workers < 0:
         raise SSDError(f"--workers {args.workers}: must be 0 or more")
     if args.detections is None:
-        v["device"] = _device(args.device)
+        from ssd.device import resolve_device
+
+        v["device"] = resolve_device(args.device, "--device")
 
     if args.out:
         v["out"] = _writable_dir(args.out, "--out")

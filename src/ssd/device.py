@@ -1,0 +1,38 @@
+"""Choosing the device: one rule for every command and API."""
+
+from __future__ import annotations
+
+import torch
+
+from ssd.errors import SSDError
+
+
+def resolve_device(name: str | torch.device | None = "auto", option: str = "device") -> torch.device:
+    """``auto`` (CUDA, then Apple MPS, then the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Errors are :class:`SSDError` messages that start with ``option`` (e.g. ``--device``)."""
+    if isinstance(name, torch.device):
+        return name
+    if name is None or name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise SSDError(f"{option} {name!r}: not a device (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SSDError(f"{option} {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SSDError(f"{option} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise SSDError(f"{option} {name}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise SSDError(f"{option} {name}: use auto, cpu, cuda, cuda:N or mps")
+    return device
