@@ -40,7 +40,7 @@ from ssd.loss import MultiBoxLoss, pad_targets  # noqa: E402
 from ssd.model import SSD  # noqa: E402
 from ssd.postprocess import postprocess  # noqa: E402
 
-VOCMINI = ROOT.parent / "shared" / "data" / "VOCmini" / "VOCdevkit" / "VOC2007"
+VOCMINI = ROOT.parent / "shared" / "data" / "VOCmini" / "VOCdevkit" / "VOC2007"  # --voc changes it
 
 
 def sync(device: torch.device) -> None:
@@ -241,6 +241,7 @@ def bench_post(args, device, flags) -> dict:
     res["identical_to_exact_reference"] = identical_ref
     res["reference_images_checked"] = check
     res["identical_to_torchvision"] = identical_tv
+    res["nms_method"] = "loop (one torchvision nms per image and class)" if device.type == "cpu" else "matrix (all groups at once)"
     res["batch"] = n
     return res
 
@@ -364,6 +365,7 @@ SECTIONS = {"train": bench_train, "forward": bench_forward, "post": bench_post, 
 
 
 def main(argv=None) -> int:
+    global VOCMINI
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
     p.add_argument("--only", nargs="*", choices=list(SECTIONS), help="sections to run (default all)")
@@ -380,7 +382,10 @@ def main(argv=None) -> int:
     p.add_argument("--post-check-images", type=int, default=4, help="images checked against the slow reference")
     p.add_argument("--workers", type=int, nargs="*", default=None, help="loader workers to try (default: 2 on CPU, 16 on GPU)")
     p.add_argument("--eval-workers", type=int, default=None)
+    p.add_argument("--voc", type=Path, default=None, help=f"VOCmini's VOC2007 folder (default {VOCMINI})")
     args = p.parse_args(argv)
+    if args.voc is not None:
+        VOCMINI = args.voc
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))  # fmt: skip
     gpu = device.type == "cuda"
@@ -393,7 +398,7 @@ def main(argv=None) -> int:
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
     args.dtypes = args.dtypes or (["fp32", "bf16"] if gpu else ["fp32"])
     args.workers = args.workers or ([16] if gpu else [2])
-    args.eval_workers = args.eval_workers if args.eval_workers is not None else (8 if gpu else 0)
+    args.eval_workers = args.eval_workers if args.eval_workers is not None else (12 if gpu else 0)
     if gpu:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -410,21 +415,34 @@ def main(argv=None) -> int:
         "counts": {k: getattr(args, k) for k in defaults} | {"windows": args.windows, "warmup": args.warmup},
         "note": "CPU runs use small counts; figures are medians of the timed windows",
     }  # fmt: skip
+    failed = []
     for name in args.only or SECTIONS:
         start = time.perf_counter()
         print(f"[{name}] ...", file=sys.stderr, flush=True)
-        report[name] = SECTIONS[name](args, device, flags)
+        try:
+            report[name] = SECTIONS[name](args, device, flags)
+        except Exception as e:  # one broken section must not cost the others' figures
+            import traceback
+
+            traceback.print_exc()
+            report[name] = {"error": f"{type(e).__name__}: {e}"}
+            failed.append(name)
         report[name]["wall_s"] = round(time.perf_counter() - start, 1)
-    text = json.dumps(report, indent=1)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+        if args.out:  # after every section, so a run stopped by a time limit keeps what it measured
+            Path(args.out).write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
     print(table(report))
-    return 0
+    if failed:
+        print(f"failed sections: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def table(report: dict) -> str:
     rows = [f"device: {report['device']} | torch {report['torch']} | torchvision {report['torchvision']}"]
+    for name in ("train", "forward", "post", "input", "eval", "latency"):
+        if "error" in report.get(name, {}):
+            rows.append(f"{name:14} failed: {report[name]['error']}")
+    report = {k: v for k, v in report.items() if not (isinstance(v, dict) and "error" in v)}
     for sec in ("train", "forward"):
         if sec in report:
             for d in report["flags"]["dtypes"]:

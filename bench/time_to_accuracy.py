@@ -28,11 +28,15 @@ def main(argv=None) -> int:
     p.add_argument("--test-voc", required=True)
     p.add_argument("--test-split", default="test")
     p.add_argument("--seconds", type=float, default=400)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for time_to_accuracy.json and the training log")
+    p.add_argument("--work", help="folder for the run's checkpoints (default OUT/run)")
     p.add_argument("--preset", default="ssd300")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--optimizer", default="adamw")
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr-decay", default="cosine", help="cosine: from --lr to 0 over the time budget")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=200, help="warm-up iterations")
     p.add_argument("--augment", default="ssd")
     p.add_argument("--workers", type=int, default=14)
     p.add_argument("--compile", action="store_true")
@@ -53,8 +57,9 @@ def main(argv=None) -> int:
     test_index = build_voc_index("test", [(args.test_voc, args.test_split)], VOC_CLASSES)
     train_path = train_index.save(out / "train.json")
     cfg = TrainConfig(
-        train_data=str(train_path), out_dir=str(out / "run"), preset=args.preset, batch_norm=True,
-        pretrained_base="none", optimizer=args.optimizer, lr=args.lr, warmup=200, grad_clip=10.0,
+        train_data=str(train_path), out_dir=str(Path(args.work) if args.work else out / "run"), overwrite=True,
+        preset=args.preset, batch_norm=True, pretrained_base="none", optimizer=args.optimizer, lr=args.lr,
+        lr_decay=args.lr_decay, weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=10.0,
         batch_size=args.batch_size, reference_batch=args.batch_size, iterations=10**9, milestones=(),
         augment=args.augment, workers=args.workers, device=args.device, compile=args.compile,
         max_seconds=args.seconds, log_every=50, checkpoint_every=10**9, progress=False, tensorboard=False,
@@ -66,7 +71,8 @@ def main(argv=None) -> int:
     model = load_model(result.model_path, device=device)
     evaluation = evaluate(model, test_index, batch_size=64, workers=min(args.workers, 8))
     report = {
-        "preset": args.preset, "recipe": {k: getattr(args, k) for k in ("batch_size", "optimizer", "lr", "augment", "compile")},
+        "preset": args.preset, "recipe": {k: getattr(args, k) for k in ("batch_size", "optimizer", "lr", "lr_decay", "weight_decay",
+                                                                   "warmup", "augment", "compile")},
         "train_images": len(train_index), "test_images": len(test_index), "budget_s": args.seconds,
         "train_wall_s": train_seconds, "iterations": result.step,
         "train_images_per_s": result.step * args.batch_size / train_seconds,
@@ -75,6 +81,11 @@ def main(argv=None) -> int:
         "date": time.strftime("%Y-%m-%d"),
     }  # fmt: skip
     (out / "time_to_accuracy.json").write_text(json.dumps(report, indent=1))
+    if result.run_dir.resolve() != (out / "run").resolve():
+        import shutil
+
+        for name in ("log.jsonl", "config.json"):
+            shutil.copy(result.run_dir / name, out / f"train_{name}")
     print(json.dumps({k: report[k] for k in ("iterations", "train_images_per_s", "voc07_mAP", "eval_images_per_s")}))
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssd import load_checkpoint
+from ssd import SSDError, load_checkpoint
 from ssd.data.index import build_voc_index
 from ssd.data.synthetic import SyntheticConfig, generate_synthetic
 from ssd.engine import TrainConfig, TrainingDiverged, make_optimizer, resolve_schedule, train
@@ -55,6 +56,22 @@ def test_schedule_scales_with_batch_size():
     assert s.lr_factor(0) == pytest.approx(0.01) and s.lr_factor(99) == 1.0
     assert s.lr_factor(80_000) == pytest.approx(0.1) and s.lr_factor(100_000) == pytest.approx(0.01)
     assert "divided by 10 at 80000, 100000" in s.describe(32)
+
+
+def test_cosine_decay_matches_torchs_cosine_annealing():
+    s = resolve_schedule(TrainConfig(train_data="x", batch_size=32, iterations=50, lr_decay="cosine", lr=0.1))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    oracle = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=50, eta_min=0.0)
+    for step in range(51):
+        assert s.lr * s.lr_factor(step) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12), step
+        opt.step()
+        oracle.step()
+    assert s.lr_factor(10, progress=1.0) == pytest.approx(0.0) and s.lr_factor(10, progress=0.5) == pytest.approx(0.5)
+    warm = resolve_schedule(TrainConfig(train_data="x", iterations=100, lr_decay="cosine", warmup=10))
+    assert warm.lr_factor(0) == pytest.approx(0.1 * 0.5 * (1 + math.cos(0.0)))
+    assert "cosine decay to 0" in warm.describe(32)
+    with pytest.raises(SSDError, match="lr-decay"):
+        TrainConfig(train_data=__file__, lr_decay="linear").validate()
 
 
 def test_biases_get_twice_the_rate_and_no_decay():

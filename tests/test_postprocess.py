@@ -154,8 +154,9 @@ def test_postprocess_equals_torchvision_when_the_candidate_cap_bites(tv_ssd, tv_
 # --- grouped NMS ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("method", ["matrix", "loop"])
 @pytest.mark.parametrize("seed,offset", [(0, 0.0), (1, -60.0)])
-def test_grouped_nms_equals_slow_reference(seed, offset):
+def test_grouped_nms_equals_slow_reference(seed, offset, method):
     g = torch.Generator().manual_seed(seed)
     k = 400
     xy0 = torch.rand(k, 2, generator=g, dtype=torch.float64) * 80 + offset
@@ -168,12 +169,37 @@ def test_grouped_nms_equals_slow_reference(seed, offset):
     if offset < 0:
         assert (boxes < 0).any() and (boxes > 0).any()
     for thr in (0.3, 0.45, 0.7):
-        keep = grouped_nms(boxes, scores, groups, thr)
+        keep = grouped_nms(boxes, scores, groups, thr, method=method)
         want = _slow_grouped_nms(boxes.tolist(), scores.tolist(), groups.tolist(), thr)
         assert keep.tolist() == want
         if thr < 0.5:
             assert 0 < len(want) < k  # some suppressed, some kept
-    assert grouped_nms(boxes[:0], scores[:0], groups[:0], 0.45).shape == (0,)
+    assert grouped_nms(boxes[:0], scores[:0], groups[:0], 0.45, method=method).shape == (0,)
+
+
+@pytest.mark.parametrize("pairs", [1, 50, 2000])
+def test_matrix_nms_in_chunks_and_its_fallback_are_exact(monkeypatch, pairs):
+    """A small padded-block budget forces chunks of groups (50, 2000) or the per-group fallback (1)."""
+    import ssd.postprocess as pp
+
+    g = torch.Generator().manual_seed(3)
+    k = 300
+    xy0 = torch.rand(k, 2, generator=g) * 60
+    boxes = torch.cat([xy0, xy0 + 5 + torch.rand(k, 2, generator=g) * 25], dim=1)
+    scores = torch.rand(k, generator=g)
+    groups = torch.randint(0, 9, (k,), generator=g) * 7  # sparse ids
+    want = grouped_nms(boxes, scores, groups, 0.45, method="loop")
+    monkeypatch.setattr(pp, "MATRIX_NMS_PAIRS", pairs)
+    assert grouped_nms(boxes, scores, groups, 0.45, method="matrix").tolist() == want.tolist()
+    # with a per-group cap as well
+    want_capped = grouped_nms(boxes, scores, groups, 0.45, max_per_group=10, method="loop")
+    assert grouped_nms(boxes, scores, groups, 0.45, max_per_group=10, method="matrix").tolist() == want_capped.tolist()
+    assert len(want_capped) < len(want)
+
+
+def test_grouped_nms_rejects_an_unknown_method():
+    with pytest.raises(ValueError, match="method"):
+        grouped_nms(torch.zeros(2, 4), torch.ones(2), torch.zeros(2, dtype=torch.long), 0.5, method="fast")
 
 
 def test_grouped_nms_keeps_groups_apart_with_negative_coordinates():
@@ -182,9 +208,10 @@ def test_grouped_nms_keeps_groups_apart_with_negative_coordinates():
     boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [-2.0, -2.0, -1.0, -1.0], [-2.0, -2.0, -1.0, -1.0]])
     scores = torch.tensor([0.9, 0.8, 0.7])
     groups = torch.tensor([0, 1, 2])
-    assert sorted(grouped_nms(boxes, scores, groups, 0.45).tolist()) == [0, 1, 2]
-    # Within one group the duplicate is suppressed.
-    assert grouped_nms(boxes, scores, torch.tensor([0, 1, 1]), 0.45).tolist() == [0, 1]
+    for method in ("matrix", "loop"):
+        assert sorted(grouped_nms(boxes, scores, groups, 0.45, method=method).tolist()) == [0, 1, 2]
+        # Within one group the duplicate is suppressed.
+        assert grouped_nms(boxes, scores, torch.tensor([0, 1, 1]), 0.45, method=method).tolist() == [0, 1]
 
 
 def test_postprocess_without_clipping_equals_slow_reference():

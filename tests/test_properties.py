@@ -110,5 +110,7 @@ def test_grouped_nms_equals_greedy_reference(boxes, seed, threshold):
     boxes = boxes.float() * 2 - 0.5  # negative coordinates too
     scores = torch.rand(len(boxes), generator=g)
     groups = torch.randint(0, 3, (len(boxes),), generator=g)
-    kept = grouped_nms(boxes, scores, groups, threshold)
-    assert sorted(kept.tolist()) == _greedy(boxes, scores, groups, threshold)
+    want = _greedy(boxes, scores, groups, threshold)
+    for method in ("matrix", "loop"):
+        kept = grouped_nms(boxes, scores, groups, threshold, method=method)
+        assert sorted(kept.tolist()) == want

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import random
@@ -74,6 +75,9 @@ class TrainConfig:
     reference_batch: int = REFERENCE_BATCH  # the batch size that iterations and milestones are given at
     iterations: int = 120_000
     milestones: tuple[int, ...] = (80_000, 100_000)
+    # step: lr / 10 at each milestone (the paper's); cosine: from lr to 0 over the run (milestones unused).
+    # With --max-seconds, the cosine runs over whichever ends first, the iterations or the time budget.
+    lr_decay: Literal["step", "cosine"] = "step"
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 1e-3
     scale_lr: bool = False
@@ -120,6 +124,10 @@ class TrainConfig:
             raise SSDError(f"--grad-clip must be positive, got {self.grad_clip}")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise SSDError(f"--amp must be auto, bf16, fp16 or none, not {self.amp!r}")
+        if self.lr_decay not in ("step", "cosine"):
+            raise SSDError(f"--lr-decay must be step or cosine, not {self.lr_decay!r}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise SSDError(f"--max-seconds must be positive, got {self.max_seconds}")
         if self.optimizer not in ("sgd", "adamw"):
             raise SSDError(f"--optimizer must be sgd or adamw, not {self.optimizer!r}")
         if self.augment not in ("ssd", "flip", "none"):
@@ -175,18 +183,27 @@ class Schedule:
     lr: float
     checkpoint_every: int
     eval_every: int
+    decay: str = "step"
 
-    def lr_factor(self, step: int) -> float:
-        factor = 0.1 ** sum(step >= m for m in self.milestones)
+    def lr_factor(self, step: int, progress: float | None = None) -> float:
+        """The rate multiplier at ``step``; ``progress`` in [0, 1] overrides step / iterations for cosine."""
+        if self.decay == "cosine":
+            p = min(1.0, step / self.iterations if progress is None else progress)
+            factor = 0.5 * (1.0 + math.cos(math.pi * p))
+        else:
+            factor = 0.1 ** sum(step >= m for m in self.milestones)
         if self.warmup and step < self.warmup:
             factor *= (step + 1) / self.warmup
         return factor
 
     def describe(self, batch_size: int) -> str:
-        ms = ", ".join(str(m) for m in self.milestones) or "none"
+        if self.decay == "cosine":
+            decay = "cosine decay to 0"
+        else:
+            decay = f"divided by 10 at {', '.join(str(m) for m in self.milestones) or 'none'}"
         return (
             f"schedule: {self.iterations} iterations at batch {batch_size} "
-            f"({self.iterations * batch_size} images), lr {self.lr:g} divided by 10 at {ms}"
+            f"({self.iterations * batch_size} images), lr {self.lr:g} {decay}"
             + (f", warm-up {self.warmup}" if self.warmup else "")
         )
 
@@ -201,7 +218,7 @@ def resolve_schedule(cfg: TrainConfig) -> Schedule:
 
     lr = cfg.lr * (batch / cfg.reference_batch if cfg.scale_lr else 1.0)
     return Schedule(it(cfg.iterations), tuple(it(m) for m in cfg.milestones), it(cfg.warmup), lr,
-                    it(cfg.checkpoint_every), it(cfg.eval_every))  # fmt: skip
+                    it(cfg.checkpoint_every), it(cfg.eval_every), cfg.lr_decay)  # fmt: skip
 
 
 # --- environment ---------------------------------------------------------------------------------
@@ -491,7 +508,17 @@ def train(
         model.priors_cxcywh, loc_loss=cfg.loc_loss, force_best_prior=cfg.force_best_prior
     ).to(device)
     optimizer = make_optimizer(model, cfg, schedule.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor)
+    clock = {"start": None}  # the loop's start, for a cosine over a time budget
+
+    def lr_factor(at_step: int) -> float:
+        progress = None
+        if cfg.max_seconds is not None and cfg.lr_decay == "cosine" and clock["start"] is not None:
+            # Whichever ends first: the iterations or the time budget.
+            spent = (time.perf_counter() - clock["start"]) / cfg.max_seconds
+            progress = max(at_step / schedule.iterations, spent)
+        return schedule.lr_factor(at_step, progress)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     step = 0
     if resume_ckpt is not None:
@@ -608,7 +635,7 @@ def train(
 
     model.train()
     stream = batches()
-    loop_start = time.perf_counter()
+    loop_start = clock["start"] = time.perf_counter()
     try:
         with _StopRequest() as stop:
             while step < schedule.iterations:

@@ -32,14 +32,34 @@ class Detections(NamedTuple):
     scores: Tensor  # (K,)
 
 
+# Largest padded (groups x K x K) block that matrix NMS builds at once: 2**24 pairs is 64 MB of float32
+# IoU. Bigger inputs are cut into chunks of groups; a single group larger than this uses torchvision's nms.
+MATRIX_NMS_PAIRS = 1 << 24
+
+
 def grouped_nms(
-    boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float, max_per_group: int | None = None
+    boxes_xyxy: Tensor,
+    scores: Tensor,
+    groups: Tensor,
+    iou_threshold: float,
+    max_per_group: int | None = None,
+    method: str = "auto",
 ) -> Tensor:
     """Exact greedy NMS within each group; boxes of different groups never suppress each other.
+
+    Two exact methods give the same result:
+
+    - ``"matrix"``: all groups at once. Each group's candidates, best first, are laid out in one padded
+      (groups, K, K) IoU block and greedy NMS is solved for every group together (:func:`_matrix_nms`): a
+      fixed number of kernel launches and a host sync per round, however many groups. The GPU default.
+    - ``"loop"``: one torchvision ``nms`` call per group. Faster on a CPU, where that kernel skips the
+      suppressed boxes and launches cost nothing, and the padded block's K x K work does not pay off
+      (docs/performance.md). The CPU default.
 
     Args:
         boxes_xyxy: (K, 4); scores: (K,); groups: (K,) integer group ids.
         max_per_group: only the best-scoring this many boxes of each group take part (a candidate cap).
+        method: ``"auto"`` (matrix on accelerators, loop on the CPU), ``"matrix"`` or ``"loop"``.
     Returns:
         indices of the kept boxes, ordered by group, then by descending score.
     """
@@ -48,18 +68,72 @@ def grouped_nms(
     # Sort by (group, -score): a stable sort by score, then a stable sort by group.
     by_score = torch.sort(scores, descending=True, stable=True).indices
     order = by_score[torch.sort(groups[by_score], stable=True).indices]
-    sorted_groups = groups[order]
+    _, inverse, counts = torch.unique_consecutive(groups[order], return_inverse=True, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    within = torch.arange(order.numel(), device=order.device) - starts[inverse]
     if max_per_group is not None:
-        _, inverse, counts_t = torch.unique_consecutive(sorted_groups, return_inverse=True, return_counts=True)
-        starts = torch.cumsum(counts_t, 0) - counts_t
-        within = torch.arange(order.numel(), device=order.device) - starts[inverse]
-        order = order[within < max_per_group]
-        sorted_groups = groups[order]
-    counts = torch.unique_consecutive(sorted_groups, return_counts=True)[1].tolist()
+        capped = within < max_per_group
+        order, inverse, within = order[capped], inverse[capped], within[capped]
+        counts = counts.clamp(max=max_per_group)
+    if method == "auto":
+        method = "loop" if boxes_xyxy.device.type == "cpu" else "matrix"
+    if method not in ("matrix", "loop"):
+        raise ValueError(f"method must be auto, matrix or loop, not {method!r}")
+    widest = int(counts.max())
+    if method == "loop" or widest * widest > MATRIX_NMS_PAIRS:
+        return _looped_nms(boxes_xyxy, scores, order, counts, iou_threshold)
+    keep = torch.empty(order.numel(), dtype=torch.bool, device=order.device)
+    per_chunk = max(1, MATRIX_NMS_PAIRS // (widest * widest))
+    boxes_sorted = boxes_xyxy[order]
+    for first in range(0, counts.numel(), per_chunk):
+        # Candidates of groups [first, first + per_chunk): contiguous in `order`.
+        lo = int(starts[first]) if first else 0
+        last = min(first + per_chunk, counts.numel())
+        hi = order.numel() if last == counts.numel() else int(starts[last])
+        keep[lo:hi] = _matrix_nms(boxes_sorted[lo:hi], inverse[lo:hi] - first, within[lo:hi], last - first,
+                                  widest, iou_threshold)  # fmt: skip
+    return order[keep]
+
+
+def _matrix_nms(boxes: Tensor, group: Tensor, slot: Tensor, num_groups: int, width: int, threshold: float) -> Tensor:
+    """Greedy NMS of many groups at once; boxes are sorted by (group, -score), ``slot`` is the rank in the group.
+
+    Greedy NMS keeps box i when no kept, better box of its group overlaps it by more than the threshold. That
+    rule defines ``keep`` uniquely, one rank after the other, so it is the only fixed point of
+    ``keep = valid & ~any_j(keep[j] & overlaps[j, i])`` over better j; iterating that map from "keep all"
+    makes every rank up to t final after t rounds, and it stops as soon as a round changes nothing (chains
+    of suppression are short, so a handful of rounds in practice). The IoU is computed with the same float32
+    operations as torchvision's nms kernel, so decisions near the threshold agree with it.
+    """
+    padded = boxes.new_zeros(num_groups, width, 4)
+    padded[group, slot] = boxes
+    valid = torch.zeros(num_groups, width, dtype=torch.bool, device=boxes.device)
+    valid[group, slot] = True
+    x1, y1, x2, y2 = padded.unbind(-1)
+    area = (x2 - x1) * (y2 - y1)
+    w = (torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(x1[:, :, None], x1[:, None, :])).clamp_(min=0)
+    h = (torch.minimum(y2[:, :, None], y2[:, None, :]) - torch.maximum(y1[:, :, None], y1[:, None, :])).clamp_(min=0)
+    inter = w.mul_(h)
+    iou = inter / ((area[:, :, None] + area[:, None, :]) - inter)
+    # overlaps[g, j, i]: better box j (j < i) would suppress box i.
+    better = torch.ones(width, width, dtype=torch.bool, device=boxes.device).triu_(1)
+    overlaps = ((iou > threshold) & better).to(boxes.dtype)
+    keep = valid
+    for _ in range(width):
+        suppressed = torch.bmm(keep.to(boxes.dtype).unsqueeze(1), overlaps).squeeze(1) > 0
+        new_keep = valid & ~suppressed
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    return keep[group, slot]
+
+
+def _looped_nms(boxes_xyxy: Tensor, scores: Tensor, order: Tensor, counts: Tensor, iou_threshold: float) -> Tensor:
+    """One torchvision nms call per group, for groups too large for the padded block."""
     sorted_boxes, sorted_scores = boxes_xyxy[order], scores[order]
     kept = []
     start = 0
-    for count in counts:
+    for count in counts.tolist():
         end = start + count
         if count == 1:
             kept.append(order[start:end])

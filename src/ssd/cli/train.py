@@ -11,7 +11,7 @@ from ssd.errors import SSDError
 _FIELDS = {
     "data": "train_data", "val": "val_data", "out": "out_dir", "preset": "preset", "batch_norm": "batch_norm",
     "pretrained_base": "pretrained_base", "init_from": "init_from", "resume": "resume",
-    "batch_size": "batch_size", "iterations": "iterations", "milestones": "milestones", "lr": "lr",
+    "batch_size": "batch_size", "iterations": "iterations", "milestones": "milestones", "lr_decay": "lr_decay", "lr": "lr",
     "scale_lr": "scale_lr", "optimizer": "optimizer", "momentum": "momentum", "weight_decay": "weight_decay", "warmup": "warmup",
     "grad_clip": "grad_clip", "accumulate": "accumulate", "loc_loss": "loc_loss", "workers": "workers",
     "seed": "seed", "device": "device", "amp": "amp", "channels_last": "channels_last", "compile": "compile",
@@ -102,6 +102,9 @@ def register(sub) -> None:
                    f"counted at (default {d.reference_batch}: the paper's); give your batch size to count "
                    "iterations as they run")  # fmt: skip
     p.add_argument("--milestones", type=_milestones, help="lr / 10 at these iterations (at batch 32; default 80000,100000)")
+    p.add_argument("--lr-decay", choices=("step", "cosine"),
+                   help="step: lr / 10 at the milestones (default, the paper's); cosine: from lr to 0 over "
+                   "--iterations, or over --max-seconds when that ends first")  # fmt: skip
     p.add_argument("--optimizer", choices=("sgd", "adamw"), help="sgd (default, the paper's) or adamw")
     p.add_argument("--lr", type=float, help=f"learning rate (default {d.lr:g}; biases x2)")
     p.add_argument("--scale-lr", action="store_true", default=None, help="scale the rate by batch/32")
@@ -124,7 +127,7 @@ def register(sub) -> None:
     p.add_argument("--log-every", type=int, help=f"iterations between log records (default {d.log_every})")
     p.add_argument("--checkpoint-every", type=int, help=f"iterations between checkpoints, at batch 32 (default {d.checkpoint_every})")
     p.add_argument("--eval-every", type=int, help="evaluate --val every N iterations (at batch 32)")
-    p.add_argument("--max-seconds", type=float, help="stop (and save) after this much training time")
+    p.add_argument("--max-seconds", type=float, help="stop (and save) after this much training time, counted from this start")
     p.add_argument("--max-nonfinite", type=int, help="skip up to N steps with a non-finite loss before stopping (default 0)")
     p.set_defaults(func=_cmd_train)
 
