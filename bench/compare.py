@@ -169,19 +169,27 @@ def synthetic_head_outputs(n: int, priors: int, classes: int, device, seed: int 
     return loc.to(device), logits.to(device)
 
 
-def reference_postprocess(loc, logits, priors, min_score, max_overlap, top_k, clip, size_clamp, cap):
-    """Per image, per class, exact greedy NMS in plain loops: the slow oracle."""
+def decoded(loc, logits, priors, clip, size_clamp):
+    """Class scores and xyxy boxes, on the inputs' device (the part both implementations share)."""
     from ssd.boxes import cxcywh_to_xyxy, decode
+
+    scores_all = torch.softmax(logits.float(), -1)
+    boxes_all = cxcywh_to_xyxy(decode(loc.float(), priors, size_clamp))
+    return scores_all, boxes_all.clamp(0, 1) if clip else boxes_all
+
+
+def reference_postprocess(scores_all, boxes_all, min_score, max_overlap, top_k, cap):
+    """Per image, per class, exact greedy NMS in plain loops on the CPU: the slow oracle.
+
+    It takes the decoded scores and boxes, computed on the device under test, so that it checks the selection
+    (threshold, cap, NMS, top-k) exactly; exp() on a GPU and on a CPU may differ in the last bit."""
     from torchvision.ops import box_iou
 
     out = []
-    scores_all = torch.softmax(logits.float(), -1)
-    boxes_all = cxcywh_to_xyxy(decode(loc.float(), priors, size_clamp))
-    if clip:
-        boxes_all = boxes_all.clamp(0, 1)
-    for i in range(loc.shape[0]):
+    scores_all, boxes_all = scores_all.cpu(), boxes_all.cpu()
+    for i in range(scores_all.shape[0]):
         kept = []
-        for c in range(1, logits.shape[-1]):
+        for c in range(1, scores_all.shape[-1]):
             s = scores_all[i, :, c]
             idx = torch.nonzero(s > min_score).flatten()
             idx = idx[torch.argsort(s[idx], descending=True, stable=True)]
@@ -221,8 +229,8 @@ def bench_post(args, device, flags) -> dict:
         mine = run_ours()
         theirs = run_tv()
         check = min(n, args.post_check_images)
-        ref = reference_postprocess(loc[:check].cpu(), logits[:check].cpu(), priors.cpu(), 0.01, 0.45, 200, True,
-                                    dec.size_clamp, dec.candidates_per_class)  # fmt: skip
+        ref = reference_postprocess(*decoded(loc[:check], logits[:check], priors, True, dec.size_clamp), 0.01, 0.45,
+                                    200, dec.candidates_per_class)  # fmt: skip
     identical_ref = all(
         len(r) == len(m.scores)
         and torch.equal(torch.tensor([c for _, c, _ in r], dtype=torch.int64), m.labels.cpu())
@@ -274,6 +282,17 @@ def bench_input(args, device, flags) -> dict:
         res["per_core"] = rate(1, times)
     finally:
         torch.set_num_threads(torch_threads)
+    # The loaders read VOCmini trainval repeated to --loader-images images, so that every worker runs many
+    # batches and the figure is the steady state, not the start-up of the workers.
+    import dataclasses
+
+    from ssd.data.index import DatasetIndex
+
+    reps = [dataclasses.replace(index.images[i % len(index.images)], id=f"{index.images[i % len(index.images)].id}_{i}")
+            for i in range(args.loader_images)]  # fmt: skip
+    dataset = DetectionDataset(DatasetIndex("trainval-repeated", index.classes, reps),
+                               TrainTransform(300, get_preset("ssd300").mean), seed=0)  # fmt: skip
+    res["loader_images"] = len(dataset)
     for workers in args.workers:
         sampler = TrainBatchSampler(len(dataset), 32, seed=0)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
@@ -282,9 +301,6 @@ def bench_input(args, device, flags) -> dict:
         next(it)
         start, count = time.perf_counter(), 0
         for batch in it:
-            count += batch.images.shape[0]
-        sampler.start(1)
-        for batch in loader:
             count += batch.images.shape[0]
         res[f"workers_{workers}"] = {"img_s": count / (time.perf_counter() - start)}
         del loader
@@ -377,6 +393,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=None)
     for name, gpu, cpu in (("train-batch", 32, 4), ("train-iters", 10, 1), ("infer-batch", 64, 8), ("infer-iters", 20, 1),
                            ("post-batch", 64, 64), ("post-iters", 5, 1), ("input-images", 300, 100),
+                           ("loader-images", 6400, 400),
                            ("eval-images", 4952, 150), ("latency-iters", 10, 3)):  # fmt: skip
         p.add_argument(f"--{name}", type=int, default=None, help=f"default {gpu} on GPU, {cpu} on CPU")
     p.add_argument("--post-check-images", type=int, default=4, help="images checked against the slow reference")
@@ -390,7 +407,8 @@ def main(argv=None) -> int:
                           ("cpu" if args.device == "auto" else args.device))  # fmt: skip
     gpu = device.type == "cuda"
     defaults = {"train_batch": (32, 4), "train_iters": (10, 1), "infer_batch": (64, 8), "infer_iters": (20, 1),
-                "post_batch": (64, 64), "post_iters": (5, 1), "input_images": (300, 100), "eval_images": (4952, 150),
+                "post_batch": (64, 64), "post_iters": (5, 1), "input_images": (300, 100), "loader_images": (6400, 400),
+                "eval_images": (4952, 150),
                 "latency_iters": (10, 3)}  # fmt: skip
     for k, (g, c) in defaults.items():
         if getattr(args, k) is None:

@@ -69,34 +69,50 @@ def grouped_nms(
     by_score = torch.sort(scores, descending=True, stable=True).indices
     order = by_score[torch.sort(groups[by_score], stable=True).indices]
     _, inverse, counts = torch.unique_consecutive(groups[order], return_inverse=True, return_counts=True)
-    starts = torch.cumsum(counts, 0) - counts
-    within = torch.arange(order.numel(), device=order.device) - starts[inverse]
     if max_per_group is not None:
-        capped = within < max_per_group
-        order, inverse, within = order[capped], inverse[capped], within[capped]
+        starts = torch.cumsum(counts, 0) - counts
+        within = torch.arange(order.numel(), device=order.device) - starts[inverse]
+        order = order[within < max_per_group]
         counts = counts.clamp(max=max_per_group)
     if method == "auto":
         method = "loop" if boxes_xyxy.device.type == "cpu" else "matrix"
     if method not in ("matrix", "loop"):
         raise ValueError(f"method must be auto, matrix or loop, not {method!r}")
-    widest = int(counts.max())
-    if method == "loop" or widest * widest > MATRIX_NMS_PAIRS:
+    if method == "loop":
         return _looped_nms(boxes_xyxy, scores, order, counts, iou_threshold)
-    keep = torch.empty(order.numel(), dtype=torch.bool, device=order.device)
-    per_chunk = max(1, MATRIX_NMS_PAIRS // (widest * widest))
+    # After the cap, group g's candidates are order[first[g] : first[g] + counts[g]].
+    first = torch.cumsum(counts, 0) - counts
+    keep = torch.zeros(order.numel(), dtype=torch.bool, device=order.device)
     boxes_sorted = boxes_xyxy[order]
-    for first in range(0, counts.numel(), per_chunk):
-        # Candidates of groups [first, first + per_chunk): contiguous in `order`.
-        lo = int(starts[first]) if first else 0
-        last = min(first + per_chunk, counts.numel())
-        hi = order.numel() if last == counts.numel() else int(starts[last])
-        keep[lo:hi] = _matrix_nms(boxes_sorted[lo:hi], inverse[lo:hi] - first, within[lo:hi], last - first,
-                                  widest, iou_threshold)  # fmt: skip
+    # Groups, largest first, in chunks padded to their own largest group: padding every group to the widest
+    # would cost (groups x widest^2) pairs when a few groups are much larger than the rest.
+    by_size = torch.sort(counts, descending=True, stable=True).indices
+    sizes = counts[by_size].tolist()
+    lo = 0
+    while lo < len(sizes):
+        width = sizes[lo]
+        hi = lo + max(1, MATRIX_NMS_PAIRS // (width * width))
+        chunk = by_size[lo:hi]
+        if width * width > MATRIX_NMS_PAIRS:  # one huge group: torchvision's kernel
+            pos = first[chunk[0]] + torch.arange(width, device=order.device)
+            keep[pos[nms(boxes_sorted[pos], scores[order[pos]], iou_threshold)]] = True
+        else:
+            slot = torch.arange(width, device=order.device)
+            valid = slot < counts[chunk][:, None]
+            pos = (first[chunk][:, None] + slot).clamp_(max=order.numel() - 1)
+            kept = _matrix_nms(boxes_sorted[pos], valid, iou_threshold)
+            keep[pos[valid]] = kept[valid]
+        lo = hi
     return order[keep]
 
 
-def _matrix_nms(boxes: Tensor, group: Tensor, slot: Tensor, num_groups: int, width: int, threshold: float) -> Tensor:
-    """Greedy NMS of many groups at once; boxes are sorted by (group, -score), ``slot`` is the rank in the group.
+def _matrix_nms(boxes: Tensor, valid: Tensor, threshold: float) -> Tensor:
+    """Greedy NMS of many groups at once.
+
+    Args:
+        boxes: (G, K, 4) each group's candidates, best score first, padded; valid: (G, K) the real ones.
+    Returns:
+        (G, K) which are kept.
 
     Greedy NMS keeps box i when no kept, better box of its group overlaps it by more than the threshold. That
     rule defines ``keep`` uniquely, one rank after the other, so it is the only fixed point of
@@ -105,11 +121,8 @@ def _matrix_nms(boxes: Tensor, group: Tensor, slot: Tensor, num_groups: int, wid
     of suppression are short, so a handful of rounds in practice). The IoU is computed with the same float32
     operations as torchvision's nms kernel, so decisions near the threshold agree with it.
     """
-    padded = boxes.new_zeros(num_groups, width, 4)
-    padded[group, slot] = boxes
-    valid = torch.zeros(num_groups, width, dtype=torch.bool, device=boxes.device)
-    valid[group, slot] = True
-    x1, y1, x2, y2 = padded.unbind(-1)
+    width = boxes.shape[1]
+    x1, y1, x2, y2 = boxes.unbind(-1)
     area = (x2 - x1) * (y2 - y1)
     w = (torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(x1[:, :, None], x1[:, None, :])).clamp_(min=0)
     h = (torch.minimum(y2[:, :, None], y2[:, None, :]) - torch.maximum(y1[:, :, None], y1[:, None, :])).clamp_(min=0)
@@ -125,7 +138,7 @@ def _matrix_nms(boxes: Tensor, group: Tensor, slot: Tensor, num_groups: int, wid
         if torch.equal(new_keep, keep):
             break
         keep = new_keep
-    return keep[group, slot]
+    return keep
 
 
 def _looped_nms(boxes_xyxy: Tensor, scores: Tensor, order: Tensor, counts: Tensor, iou_threshold: float) -> Tensor:
