@@ -340,3 +340,18 @@ def test_batch_equals_per_image(preset):
         assert torch.equal(det.scores, one.scores)
         assert torch.equal(det.boxes, one.boxes)
         assert det.labels.min() >= 1 and det.labels.max() <= 20
+
+
+def test_one_rule_for_the_decoding_settings():
+    """Every command and API takes the same ranges (ssd.postprocess.check_settings)."""
+    from ssd import SSDError
+    from ssd.postprocess import check_settings
+
+    check_settings(0.0, 0.0, 1)  # an overlap of 0: any touching box is suppressed
+    check_settings(1.0, 1.0, 200)
+    for bad, name in (((1.5, 0.45, 200), "--min-score"), ((0.01, float("nan"), 200), "--max-overlap"),
+                      ((0.01, 0.45, 0), "--top-k"), ((0.01, 0.45, 2.0), "--top-k"), ((True, 0.45, 200), "--min-score")):  # fmt: skip
+        with pytest.raises(SSDError, match=f"^{name} must be"):
+            check_settings(*bad, prefix="--")
+    with pytest.raises(SSDError, match="^max_overlap must be in"):
+        check_settings(0.01, -0.1, 200)

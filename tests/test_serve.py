@@ -269,6 +269,40 @@ def test_full_queue_gives_503_and_slow_model_504(detector, images):
         assert st["rejected_queue_full"] >= 1 and st["server_errors"] == 0
 
 
+def test_shutdown_answers_queued_requests_with_503():
+    """The batch in hand finishes; requests still queued, and any new one, get 503 at once, not a 504 later."""
+    from ssd.serve import Batcher, HTTPProblem, _Job
+
+    started, release = threading.Event(), threading.Event()
+
+    class Blocking(Batcher):
+        def _detect(self, jobs):
+            started.set()
+            release.wait(10)
+            return ["done"] * len(jobs)
+
+    b = Blocking(None, window_s=0.0, max_batch=1, queue_size=8)
+
+    def job():
+        return _Job(tensor=torch.zeros(3, 4, 4), size=(4, 4), settings={}, source="x")
+
+    futures = [b.submit(job()) for _ in range(3)]
+    assert started.wait(10)
+    stopper = threading.Thread(target=b.stop)
+    stopper.start()
+    time.sleep(0.1)
+    release.set()
+    stopper.join(10)
+    assert futures[0].result(timeout=5) == "done"
+    for f in futures[1:]:
+        with pytest.raises(HTTPProblem) as e:
+            f.result(timeout=5)
+        assert e.value.status == 503 and "shutting down" in str(e.value)
+    with pytest.raises(HTTPProblem) as e:
+        b.submit(job())
+    assert e.value.status == 503
+
+
 # --- the web page in headless Chromium ----------------------------------------------------------------
 
 

@@ -149,12 +149,9 @@ def _preprocess(image: Tensor, size: int) -> Tensor:
 
 def _check_settings(s: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
     out = dict(s)
-    ms = s["min_score"]
-    if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0.0 <= ms <= 1.0:
-        raise SSDError(f"min_score must be in [0, 1], got {ms!r}")
-    mo = s["max_overlap"]
-    if isinstance(mo, bool) or not isinstance(mo, (int, float)) or not 0.0 <= mo <= 1.0:
-        raise SSDError(f"max_overlap must be in [0, 1], got {mo!r}")
+    from ssd.postprocess import check_settings
+
+    check_settings(s["min_score"], s["max_overlap"], s["top_k"])
     for key in ("top_k", "batch_size"):
         v = s[key]
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -170,7 +167,7 @@ def _check_settings(s: dict[str, Any], class_names: Sequence[str]) -> dict[str, 
             f"suppress: unknown class {unknown[0]!r}; the model's classes are: {', '.join(class_names)}"
         )
     out["suppress"] = sup
-    out["min_score"], out["max_overlap"] = float(ms), float(mo)
+    out["min_score"], out["max_overlap"] = float(s["min_score"]), float(s["max_overlap"])
     return out
 
 

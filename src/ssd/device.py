@@ -10,12 +10,14 @@ from ssd.errors import SSDError
 def resolve_device(name: str | torch.device | None = "auto", option: str = "device") -> torch.device:
     """``auto`` (CUDA, then Apple MPS, then the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
 
-    Errors are :class:`SSDError` messages that start with ``option`` (e.g. ``--device``)."""
-    if isinstance(name, torch.device):
+    A CUDA device always comes back with its index (``cuda`` is the current device), so it compares equal
+    to the device of a tensor on it and can be passed to ``torch.cuda.set_device``. Errors are
+    :class:`SSDError` messages that start with ``option`` (e.g. ``--device``)."""
+    if isinstance(name, torch.device) and not (name.type == "cuda" and name.index is None):
         return name
     if name is None or name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", torch.cuda.current_device())
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             return torch.device("mps")
@@ -29,6 +31,8 @@ def resolve_device(name: str | torch.device | None = "auto", option: str = "devi
             raise SSDError(f"{option} {name}: CUDA is not available on this machine")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise SSDError(f"{option} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
     elif device.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():

@@ -260,9 +260,7 @@ def pick_device(name: str, info: DistInfo) -> torch.device:
     if device.type == "cuda":
         if info.enabled:
             device = torch.device("cuda", info.local_rank)
-        elif device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device)  # resolve_device gives an indexed device, which set_device needs
     return device
 
 

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ssd.data.index import DatasetIndex
 from ssd.data.voc import continuous_to_voc_pixels, voc_pixels_to_continuous
+from ssd.device import resolve_device
 from ssd.errors import SSDError
 from ssd.metrics import (
     DEFAULT_RESULTS_PATTERN,
@@ -42,7 +43,7 @@ from ssd.metrics import (
     read_results_dir,
     write_results_dir,
 )
-from ssd.postprocess import Detections, postprocess
+from ssd.postprocess import Detections, check_settings, postprocess
 
 __all__ = [
     "Evaluation",
@@ -388,12 +389,7 @@ def _validate(batch_size: int, workers: int, min_score: float, max_overlap: floa
         raise SSDError(f"batch_size must be a positive integer, not {batch_size!r}")
     if not isinstance(workers, int) or workers < 0:
         raise SSDError(f"workers must be 0 or more, not {workers!r}")
-    if not (0.0 <= float(min_score) <= 1.0):
-        raise SSDError(f"min_score must be in [0, 1], not {min_score!r}")
-    if not (0.0 < float(max_overlap) <= 1.0):
-        raise SSDError(f"max_overlap must be in (0, 1], not {max_overlap!r}")
-    if not isinstance(top_k, int) or top_k < 1:
-        raise SSDError(f"top_k must be a positive integer, not {top_k!r}")
+    check_settings(min_score, max_overlap, top_k)
     _check_method(method)
 
 
@@ -441,16 +437,7 @@ def evaluate(
     to_index = _label_map(config.class_names, index.classes)
 
     home = next(iter(core.parameters())).device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        run_on = torch.device(device) if device is not None else home
-    except (RuntimeError, ValueError):
-        raise SSDError(f"not a device: {device!r} (use auto, cpu, cuda or cuda:N)") from None
-    if run_on.type == "cuda" and not torch.cuda.is_available():
-        raise SSDError(f"device {device!r}: CUDA is not available")
-    if run_on.type == "cuda" and run_on.index is None:
-        run_on = torch.device("cuda", torch.cuda.current_device())
+    run_on = home if device is None else resolve_device(device, "device")
     use_amp = run_on.type == "cuda" if amp is None else bool(amp)
     net = runnable if run_on == home else core  # a compiled wrapper is specialised: move the bare model
 

@@ -9,7 +9,8 @@ the result equals a slow per-image, per-class reference exactly.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+import numbers
+from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from torchvision.ops import nms
 
 from ssd.boxes import cxcywh_to_xyxy, decode
 from ssd.config import DecodeConfig
+from ssd.errors import SSDError
 
 
 class Detections(NamedTuple):
@@ -35,6 +37,20 @@ class Detections(NamedTuple):
 # Largest padded (groups x K x K) block that matrix NMS builds at once: 2**24 pairs is 64 MB of float32
 # IoU. Bigger inputs are cut into chunks of groups; a single group larger than this uses torchvision's nms.
 MATRIX_NMS_PAIRS = 1 << 24
+
+
+def check_settings(min_score: Any, max_overlap: Any, top_k: Any, prefix: str = "") -> None:
+    """The one rule for the decoding settings of every command and API: scores and overlaps in [0, 1]
+    (an overlap of 0 suppresses any box touching a better one), top_k a positive integer. Raises
+    :class:`SSDError` naming the setting as ``prefix + name`` (``--`` and dashes for the command line)."""
+    def name(key: str) -> str:
+        return prefix + (key.replace("_", "-") if prefix == "--" else key)
+
+    for key, value in (("min_score", min_score), ("max_overlap", max_overlap)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:  # NaN too
+            raise SSDError(f"{name(key)} must be in [0, 1], got {value!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+        raise SSDError(f"{name('top_k')} must be a positive integer, got {top_k!r}")
 
 
 def grouped_nms(

@@ -37,9 +37,7 @@ import base64
 import concurrent.futures
 import io
 import logging
-import os
 import queue
-import tempfile
 import threading
 import time
 import warnings
@@ -95,11 +93,12 @@ class ServeLimits:
 
 
 def decode_upload(data: bytes, name: str, max_pixels: int) -> torch.Tensor:
-    """Uploaded bytes -> uint8 RGB (3, H, W), upright: :func:`ssd.detector.load_image` on them (so the
-    service reads an image exactly as ``Detector`` reads the same file). Raises :class:`HTTPProblem`."""
+    """Uploaded bytes -> uint8 RGB (3, H, W), upright, decoded in memory exactly as
+    :func:`ssd.detector.load_image` decodes the same file (so the service and ``Detector`` agree). Raises
+    :class:`HTTPProblem`."""
     from PIL import Image
 
-    from ssd.detector import load_image
+    from ssd.data.image import decode_image_bytes
 
     if not data:
         raise HTTPProblem(400, "empty image (0 bytes)")
@@ -118,21 +117,10 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> torch.Tensor:
         raise HTTPProblem(413, f"{name}: image too large (over the decompression-bomb limit)") from None
     except Exception:
         header_ok = False
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    fd, tmp = tempfile.mkstemp(prefix="ssd-serve-", dir=shm)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        try:
-            image = load_image(tmp)
-        except SSDError as e:
-            msg = str(e).replace(tmp, name)
-            raise HTTPProblem(422 if header_ok else 415, msg) from None
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        image = decode_image_bytes(data, name)
+    except SSDError as e:
+        raise HTTPProblem(422 if header_ok else 415, str(e)) from None
     if image.shape[1] * image.shape[2] > max_pixels:
         raise HTTPProblem(413, f"{name}: image of {image.shape[2]} x {image.shape[1]} pixels is over the limit of {max_pixels} pixels")
     return image
@@ -161,6 +149,7 @@ class Batcher:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._closed = False  # set by stop(): new requests get 503
         self.counters = {
             "requests": 0, "completed": 0, "batches": 0, "batched_images": 0, "max_batch_seen": 0,
             "rejected_queue_full": 0, "timeouts": 0, "client_errors": 0, "server_errors": 0,
@@ -184,12 +173,16 @@ class Batcher:
 
     def start(self) -> None:
         with self._lock:
+            self._closed = False
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
                 self._thread = threading.Thread(target=self._run, name="ssd-serve-batcher", daemon=True)
                 self._thread.start()
 
     def stop(self) -> None:
+        """Finish the batch in hand, then answer every request still queued with 503 (shutting down)."""
+        with self._lock:
+            self._closed = True
         self._stop.set()
         try:
             self.queue.put_nowait(None)
@@ -197,8 +190,18 @@ class Batcher:
             pass
         if self._thread is not None:
             self._thread.join(timeout=5)
+        while True:
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(HTTPProblem(503, "the service is shutting down; retry later"))
 
     def submit(self, job: _Job) -> concurrent.futures.Future:
+        with self._lock:
+            if self._closed:
+                raise HTTPProblem(503, "the service is shutting down; retry later")
         self.start()
         try:
             self.queue.put_nowait(job)

@@ -164,12 +164,9 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
             raise SSDError("--coco-json needs --images DIR (the folder of its images)")
         v["images"] = _existing_dir(args.images, "--images")
 
-    if not 0.0 <= args.min_score <= 1.0:  # also rejects NaN
-        raise SSDError(f"--min-score {args.min_score}: must be in [0, 1]")
-    if not 0.0 < args.max_overlap <= 1.0:
-        raise SSDError(f"--max-overlap {args.max_overlap}: must be in (0, 1]")
-    if args.top_k < 1:
-        raise SSDError(f"--top-k {args.top_k}: must be a positive integer")
+    from ssd.postprocess import check_settings
+
+    check_settings(args.min_score, args.max_overlap, args.top_k, prefix="--")
     if args.batch_size < 1:
         raise SSDError(f"--batch-size {args.batch_size}: must be a positive integer")
     if args.workers < 0:

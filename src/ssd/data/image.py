@@ -76,8 +76,6 @@ def load_image(path: str | os.PathLike, upright: bool = True) -> Tensor:
     truncated, too large: over twice Pillow's ``Image.MAX_IMAGE_PIXELS``, its decompression-bomb
     error threshold, about 179 megapixels by default).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -89,6 +87,15 @@ def load_image(path: str | os.PathLike, upright: bool = True) -> Tensor:
         raise SSDError(f"{p}: permission denied") from None
     except OSError as e:
         raise SSDError(f"{p}: cannot read ({e.strerror or e})") from None
+    return decode_image_bytes(data, str(p), upright)
+
+
+def decode_image_bytes(data: bytes, source: str = "image", upright: bool = True) -> Tensor:
+    """Decode an image held in memory (an upload, say) exactly as :func:`load_image` decodes a file of those
+    bytes; ``source`` names it in error messages."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    p = source
     if not data:
         raise SSDError(f"{p}: empty file (0 bytes)")
 
@@ -117,7 +124,7 @@ def load_image(path: str | os.PathLike, upright: bool = True) -> Tensor:
             )  # fmt: skip
         if image.dtype != torch.uint8:  # 16-bit PNG
             image = (image.float() / 257.0).round().clamp(0, 255).to(torch.uint8)
-        return _check_size(image, str(p))
+        return _check_size(image, p)
     except SSDError:
         raise
     except Exception:
@@ -135,7 +142,7 @@ def load_image(path: str | os.PathLike, upright: bool = True) -> Tensor:
                 except Exception:  # a malformed EXIF block: keep the stored orientation
                     oriented = im
             image = _pil_to_tensor(oriented)
-        return _check_size(image, str(p))
+        return _check_size(image, p)
     except SSDError:
         raise
     except Exception as e:
