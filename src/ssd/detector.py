@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ssd.data.image import _array_to_tensor, _check_size, _float_to_uint8, _pil_to_tensor, load_image
-from ssd.device import resolve_device
+from ssd.device import channels_last_default, resolve_device, to_channels_last
 from ssd.errors import SSDError
 
 __all__ = ["Detector", "ImageDetections", "load_image", "resolve_device", "DEFAULTS"]
@@ -181,7 +181,9 @@ class Detector:
     ``batch_size`` (images per forward pass, 8).
 
     ``model`` is an :class:`~ssd.model.SSD` (moved to ``device``: ``auto`` picks CUDA when there is
-    one; ``None`` leaves it where it is) or an :class:`~ssd.export.OnnxModel`.
+    one; ``None`` leaves it where it is) or an :class:`~ssd.export.OnnxModel`. ``channels_last``
+    (default: on for the CPU and CUDA) converts the model's convolutions to channels-last in place,
+    which is faster there and changes no value.
     """
 
     def __init__(
@@ -194,6 +196,7 @@ class Detector:
         top_k: int = DEFAULTS["top_k"],
         suppress: Sequence[str] = (),
         batch_size: int = DEFAULTS["batch_size"],
+        channels_last: bool | None = None,
     ) -> None:
         from ssd.export import OnnxModel
 
@@ -203,6 +206,7 @@ class Detector:
             self.image_size: int = model.image_size
             self.candidates_per_class = model.candidates_per_class
             self.device = torch.device("cpu")  # the post-step runs on the CPU; onnxruntime picks its own
+            self.channels_last = False
             self.model = model
         elif isinstance(model, nn.Module) and hasattr(model, "config"):
             from ssd.export import DecodedSSD
@@ -211,6 +215,9 @@ class Detector:
             if device is not None:
                 model = model.to(resolve_device(device))
             self.device = next(model.parameters()).device
+            self.channels_last = channels_last_default(self.device) if channels_last is None else bool(channels_last)
+            if self.channels_last:
+                to_channels_last(model)
             self.model = model  # run in eval mode, whatever its mode (see _decoded_outputs)
             self._decoded = DecodedSSD(model)
             self.class_names = tuple(model.config.class_names)
@@ -302,7 +309,10 @@ class Detector:
         was_training = self.model.training
         self.model.eval()
         try:
-            return self._decoded(batch.to(self.device))
+            batch = batch.to(self.device)
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            return self._decoded(batch)
         finally:
             self.model.train(was_training)
 

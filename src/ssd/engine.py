@@ -97,7 +97,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
-    channels_last: bool | None = None  # None: on for CUDA
+    channels_last: bool | None = None  # None: on for CUDA and the CPU (ssd.device.channels_last_default)
     compile: bool = False
 
     log_every: int = 20
@@ -126,8 +126,8 @@ class TrainConfig:
             raise SSDError(f"--amp must be auto, bf16, fp16 or none, not {self.amp!r}")
         if self.lr_decay not in ("step", "cosine"):
             raise SSDError(f"--lr-decay must be step or cosine, not {self.lr_decay!r}")
-        if self.max_seconds is not None and self.max_seconds <= 0:
-            raise SSDError(f"--max-seconds must be positive, got {self.max_seconds}")
+        if self.max_seconds is not None and not self.max_seconds >= 0:
+            raise SSDError(f"--max-seconds must be 0 or more, got {self.max_seconds}")
         if self.optimizer not in ("sgd", "adamw"):
             raise SSDError(f"--optimizer must be sgd or adamw, not {self.optimizer!r}")
         if self.augment not in ("ssd", "flip", "none"):
@@ -462,7 +462,9 @@ def train(
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    from ssd.device import channels_last_default
+
+    channels_last = cfg.channels_last if cfg.channels_last is not None else channels_last_default(device)
 
     # Data
     train_index = DatasetIndex.load(cfg.train_data)
@@ -514,7 +516,7 @@ def train(
         progress = None
         if cfg.max_seconds is not None and cfg.lr_decay == "cosine" and clock["start"] is not None:
             # Whichever ends first: the iterations or the time budget.
-            spent = (time.perf_counter() - clock["start"]) / cfg.max_seconds
+            spent = (time.perf_counter() - clock["start"]) / cfg.max_seconds if cfg.max_seconds > 0 else 1.0
             progress = max(at_step / schedule.iterations, spent)
         return schedule.lr_factor(at_step, progress)
 

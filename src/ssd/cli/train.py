@@ -122,7 +122,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), help="mixed precision (default auto: bf16 on CUDA)")
-    p.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory format (default on CUDA)")
+    p.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory format (default on CUDA and the CPU)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--log-every", type=int, help=f"iterations between log records (default {d.log_every})")
     p.add_argument("--checkpoint-every", type=int, help=f"iterations between checkpoints, at batch 32 (default {d.checkpoint_every})")
