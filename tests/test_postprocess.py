@@ -355,3 +355,20 @@ def test_one_rule_for_the_decoding_settings():
             check_settings(*bad, prefix="--")
     with pytest.raises(SSDError, match="^max_overlap must be in"):
         check_settings(0.01, -0.1, 200)
+
+
+@pytest.mark.parametrize("min_score", [0.0, 1e-6, 0.01, 0.2, 0.9])
+def test_candidate_prefilter_equals_thresholding_the_full_softmax(min_score):
+    """Rows are skipped before the softmax only when no class can pass: the same candidates, bit for bit."""
+    from ssd.postprocess import _candidates
+
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(3, 500, 6, generator=g) * 3
+    logits[..., 0] += torch.rand(3, 500, generator=g) * 12  # background from weak to overwhelming
+    logits[0, :5] = torch.tensor([0.0, math.log(min_score) if min_score > 0 else -5.0, 0, 0, 0, 0])  # near the bound
+    scores = torch.softmax(logits, -1)[..., 1:]
+    img, prior, cls = (scores > min_score).nonzero(as_tuple=True)
+    got = _candidates(logits, min_score)
+    for a, b in zip(got, (img, prior, cls, scores[img, prior, cls])):
+        assert torch.equal(a, b)
+    assert len(img) > 0

@@ -9,6 +9,7 @@ the result equals a slow per-image, per-class reference exactly.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, NamedTuple, Sequence
 
@@ -196,15 +197,38 @@ def postprocess(
     Returns:
         one :class:`Detections` per image, best score first.
     """
-    scores = F.softmax(cls_logits.float(), dim=-1)[..., 1:]  # (N, P, K)
-    boxes = cxcywh_to_xyxy(decode(loc_offsets.float(), priors_cxcywh.float(), decode_config.size_clamp))
+    logits = cls_logits.float()
+    n, _, c = logits.shape
+    img, prior, cls, cand_scores = _candidates(logits, min_score)
+    # Decode only the candidates' boxes (decoding is elementwise: the same values as decoding every prior).
+    cand_boxes = cxcywh_to_xyxy(
+        decode(loc_offsets.float()[img, prior], priors_cxcywh.float()[prior], decode_config.size_clamp)
+    )
     if decode_config.clip_boxes:
-        boxes = boxes.clamp(0.0, 1.0)
+        cand_boxes = cand_boxes.clamp(0.0, 1.0)
+    return _select(n, c - 1, img, cls, cand_scores, cand_boxes, max_overlap, top_k,
+                   decode_config.candidates_per_class, image_sizes)  # fmt: skip
 
-    return select_detections(
-        boxes, scores, min_score=min_score, max_overlap=max_overlap, top_k=top_k,
-        candidates_per_class=decode_config.candidates_per_class, image_sizes=image_sizes,
-    )  # fmt: skip
+
+def _candidates(logits: Tensor, min_score: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(image, prior, class, score) of every foreground score above ``min_score``, in (image, prior, class)
+    order, with scores equal to ``softmax(logits)``'s.
+
+    A softmax score is at most exp(logit - the row's largest logit), so a class whose logit is more than
+    log(1 / min_score) below its row's best cannot pass. Rows with no such foreground class (most priors of
+    a trained model, where the background wins by a wide margin) are dropped before any exp() is taken; the
+    softmax runs on the remaining rows only, row by row exactly as over the whole tensor.
+    """
+    if min_score > 0:
+        bound = math.log(min_score) - 0.01  # margin for the rounding of the difference
+        best = logits.amax(dim=-1, keepdim=True)
+        rows = ((logits[..., 1:] - best) > bound).any(dim=-1).nonzero(as_tuple=True)
+        scores = F.softmax(logits[rows], dim=-1)[:, 1:]  # (R, K)
+        row, cls = (scores > min_score).nonzero(as_tuple=True)
+        return rows[0][row], rows[1][row], cls, scores[row, cls]
+    scores = F.softmax(logits, dim=-1)[..., 1:]
+    img, prior, cls = (scores > min_score).nonzero(as_tuple=True)
+    return img, prior, cls, scores[img, prior, cls]
 
 
 def select_detections(
@@ -224,13 +248,19 @@ def select_detections(
             label j + 1). The other arguments as in :func:`postprocess`.
     """
     n, _, k = scores.shape
-    boxes = boxes_xyxy_rel
-    # Threshold first, then cap each (image, class) group at its best candidates inside grouped_nms:
-    # the same set as a per-class top-k followed by the threshold, without a top-k over every prior.
     img, prior, cls = (scores > min_score).nonzero(as_tuple=True)
-    cand_scores = scores[img, prior, cls]
-    cand_boxes = boxes[img, prior]
-    cap = candidates_per_class
+    return _select(n, k, img, cls, scores[img, prior, cls], boxes_xyxy_rel[img, prior], max_overlap, top_k,
+                   candidates_per_class, image_sizes)  # fmt: skip
+
+
+def _select(
+    n: int, k: int, img: Tensor, cls: Tensor, cand_scores: Tensor, cand_boxes: Tensor, max_overlap: float,
+    top_k: int, cap: int | None, image_sizes: Sequence[tuple[int, int]] | Tensor | None,
+) -> list[Detections]:
+    """Per-class NMS, then the best ``top_k`` of each image, from the candidates above the threshold.
+
+    Each (image, class) group is capped at its best ``cap`` candidates inside grouped_nms: the same set as a
+    per-class top-k followed by the threshold, without a top-k over every prior."""
     keep = grouped_nms(cand_boxes, cand_scores, img * k + cls, max_overlap, max_per_group=cap)
     img, cls, cand_scores, cand_boxes = img[keep], cls[keep], cand_scores[keep], cand_boxes[keep]
 
