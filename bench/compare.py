@@ -14,6 +14,8 @@ Sections (``--only`` picks some):
   post     post-processing at the paper's settings on fixed synthetic head outputs with ~70 candidates per
            class per image; our output is checked identical to an exact slow reference and to torchvision's
   input    JPEG decode + the full training augmentation on VOCmini, one process per core and with N workers
+  input_gpu  the same with ssd.data.gpu_pipeline: N workers read the bytes and draw the augmentation, the main
+           process decodes (decode_jpeg) and renders on the benchmark's device; also decode+render alone
   eval     end-to-end evaluation of VOCmini test repeated to --eval-images images (decode, forward, NMS, scoring),
            with class heads biased to background so the candidate count is a trained model's, not 8732 x 20
   latency  single-image detection from a file, each library as a user calls it (CPU)
@@ -307,6 +309,49 @@ def bench_input(args, device, flags) -> dict:
     return res
 
 
+def bench_input_gpu(args, device, flags) -> dict:
+    """The GPU input pipeline end to end, over the repeated trainval index of ``bench_input``'s loaders."""
+    import dataclasses
+
+    from ssd.data.dataset import TrainBatchSampler
+    from ssd.data.gpu_pipeline import EncodedDetectionDataset, collate_encoded, render_batch
+    from ssd.data.index import DatasetIndex
+    from ssd.data.transforms import TrainTransform
+
+    index = _voc_index("trainval")
+    reps = [dataclasses.replace(index.images[i % len(index.images)], id=f"{index.images[i % len(index.images)].id}_{i}")
+            for i in range(args.loader_images)]  # fmt: skip
+    transform = TrainTransform(300, get_preset("ssd300").mean)
+    dataset = EncodedDetectionDataset(DatasetIndex("trainval-repeated", index.classes, reps), transform, seed=0)
+    batch_size = 32
+    res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+           "decoder": f"torchvision.io.decode_jpeg(device={str(device)!r})", "loader_images": len(dataset),
+           "batch": batch_size, "source": "VOCmini trainval, full-size JPEGs, repeated"}  # fmt: skip
+    for workers in args.workers:
+        sampler = TrainBatchSampler(len(dataset), batch_size, seed=0)
+        extra = {"persistent_workers": True, "prefetch_factor": 4} if workers > 0 else {}
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_encoded,
+                                             num_workers=workers, pin_memory=device.type == "cuda", **extra)  # fmt: skip
+        it = iter(loader)
+        kept = [next(it)]
+        render_batch(kept[0], transform, device)  # warm-up: workers started, decoder and kernels initialised
+        sync(device)
+        start, count = time.perf_counter(), 0
+        for encoded in it:
+            count += render_batch(encoded, transform, device).images.shape[0]
+            if len(kept) < 4:
+                kept.append(encoded)
+        sync(device)
+        res[f"workers_{workers}"] = {"img_s": count / (time.perf_counter() - start)}
+        del it, loader
+    # The main process's share alone (decode + render of batches already read): the ceiling the workers feed.
+    cycle = iter(range(1 << 30))
+    seconds = timed(lambda: render_batch(kept[next(cycle) % len(kept)], transform, device), device, args.windows,
+                    len(kept), 1)  # fmt: skip
+    res["decode_render_only"] = rate(batch_size, seconds)
+    return res
+
+
 def _like_a_trained_model(model) -> None:
     """Random weights score every prior near 1/C, so every prior passes the 0.01 threshold for every class
     (8732 x 20 candidates per image), which no trained model does. Give the class heads a confident
@@ -377,7 +422,7 @@ def bench_latency(args, device, flags) -> dict:
 
 
 SECTIONS = {"train": bench_train, "forward": bench_forward, "post": bench_post, "input": bench_input,
-            "eval": bench_eval, "latency": bench_latency}  # fmt: skip
+            "input_gpu": bench_input_gpu, "eval": bench_eval, "latency": bench_latency}  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -457,7 +502,7 @@ def main(argv=None) -> int:
 
 def table(report: dict) -> str:
     rows = [f"device: {report['device']} | torch {report['torch']} | torchvision {report['torchvision']}"]
-    for name in ("train", "forward", "post", "input", "eval", "latency"):
+    for name in ("train", "forward", "post", "input", "input_gpu", "eval", "latency"):
         if "error" in report.get(name, {}):
             rows.append(f"{name:14} failed: {report[name]['error']}")
     report = {k: v for k, v in report.items() if not (isinstance(v, dict) and "error" in v)}
@@ -475,6 +520,11 @@ def table(report: dict) -> str:
         r = report["input"]
         rows.append(f"input          {r['per_core']['img_s']:.1f} img/s per core; "
                     + ", ".join(f"{k}: {v['img_s']:.1f} img/s" for k, v in r.items() if k.startswith("workers_")))  # fmt: skip
+    if "input_gpu" in report:
+        r = report["input_gpu"]
+        rows.append(f"input_gpu      on {r['device']}: "
+                    + ", ".join(f"{k}: {v['img_s']:.1f} img/s" for k, v in r.items() if k.startswith("workers_"))
+                    + f"; decode+render alone {r['decode_render_only']['img_s']:.1f} img/s")  # fmt: skip
     if "eval" in report:
         r = report["eval"]
         rows.append(f"eval           {r['images']} images in {r['seconds']:.1f} s ({r['img_s']:.1f} img/s)")

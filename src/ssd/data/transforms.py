@@ -180,7 +180,8 @@ def render_window(
     # The part of the image inside the window, in image pixels.
     x0, y0 = max(wl - left, 0.0), max(wt - top, 0.0)
     x1, y1 = min(wr - left, float(w)), min(wb - top, float(h))
-    out = torch.tensor(fill, dtype=torch.float32).view(3, 1, 1).expand(3, size, size).clone()
+    # On the image's device: the GPU pipeline (ssd.data.gpu_pipeline) renders decoded images where they are.
+    out = torch.tensor(fill, dtype=torch.float32, device=image.device).view(3, 1, 1).expand(3, size, size).clone()
     if x1 > x0 and y1 > y0:
         ix0, iy0, ix1, iy1 = int(math.floor(x0)), int(math.floor(y0)), int(math.ceil(x1)), int(math.ceil(y1))
         # Where that part lands on the output, rounded to whole pixels.
@@ -271,10 +272,10 @@ class TrainTransform:
         flip = self.flip and rng.random() < 0.5
         return TrainParams(photometric, zoomed, (canvas_h, canvas_w), (top, left), window, keep, flip, tuple(draws))
 
-    def apply(self, image: Tensor, target: Target, params: TrainParams) -> tuple[Tensor, Target]:
-        """Apply drawn parameters to a uint8 image (3, H, W) and its objects (continuous pixels)."""
-        if params.photometric is not None:
-            image = PhotometricDistort.apply(image, params.photometric)
+    def apply_target(self, target: Target, params: TrainParams) -> Target:
+        """The box part of :meth:`apply`: objects in continuous pixels of the stored image to ``xyxy_rel`` of the
+        output, dropping those the crop leaves out. Needs no pixels, so loader workers can run it on the CPU while
+        the image is decoded and rendered elsewhere (:mod:`ssd.data.gpu_pipeline`)."""
         top, left = params.image_tl
         window = params.window
         boxes = target.boxes.float().reshape(-1, 4) + torch.tensor([left, top, left, top], dtype=torch.float32)
@@ -282,7 +283,6 @@ class TrainTransform:
             target = target.select(params.keep)
             boxes = boxes[params.keep]
             boxes = torch.cat([torch.maximum(boxes[:, :2], window[:2]), torch.minimum(boxes[:, 2:], window[2:])], 1)
-        out = render_window(image, params.canvas_hw, params.image_tl, window, self.size, self.mean, params.flip)
         # Boxes relative to the window, as fractions of it.
         wl, wt, wr, wb = window.tolist()
         boxes_rel = (boxes - torch.tensor([wl, wt, wl, wt])) / torch.tensor([wr - wl, wb - wt, wr - wl, wb - wt])
@@ -290,8 +290,19 @@ class TrainTransform:
             boxes_rel = torch.stack([1 - boxes_rel[:, 2], boxes_rel[:, 1], 1 - boxes_rel[:, 0], boxes_rel[:, 3]], 1)
         boxes_rel = boxes_rel.clamp(0.0, 1.0)
         keep = (boxes_rel[:, 2] > boxes_rel[:, 0]) & (boxes_rel[:, 3] > boxes_rel[:, 1])
-        target = Target(boxes_rel, target.labels, target.difficult).select(keep)
-        return out, target
+        return Target(boxes_rel, target.labels, target.difficult).select(keep)
+
+    def render(self, image: Tensor, params: TrainParams) -> Tensor:
+        """The pixel part of :meth:`apply`: the photometric distortions, then the one geometric resampling, of a
+        uint8 image (3, H, W) to the S x S float output, on the image's device (a GPU decodes and renders there)."""
+        if params.photometric is not None:
+            image = PhotometricDistort.apply(image, params.photometric)
+        return render_window(image, params.canvas_hw, params.image_tl, params.window, self.size, self.mean, params.flip)
+
+    def apply(self, image: Tensor, target: Target, params: TrainParams) -> tuple[Tensor, Target]:
+        """Apply drawn parameters to a uint8 image (3, H, W) and its objects (continuous pixels):
+        :meth:`render` and :meth:`apply_target`, which do not depend on each other."""
+        return self.render(image, params), self.apply_target(target, params)
 
     def __call__(self, image: Tensor, target: Target, rng: random.Random) -> tuple[Tensor, Target]:
         _, h, w = image.shape
