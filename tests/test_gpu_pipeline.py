@@ -243,8 +243,6 @@ def test_render_uses_only_the_images_device():
     assert render_on_meta({"brightness": 1.2, "contrast": 0.8, "saturation": 1.3}) == []
 
 
-@pytest.mark.xfail(strict=True, reason="ssd.data.color.adjust_hue indexes its CPU _SECTOR_TABLE with the image's "
-                   "sector indices: on CUDA that raises; the fix (the table on image.device) belongs in color.py")
 def test_hue_uses_only_the_images_device():
     assert render_on_meta({"hue": 0.05}) == []
 

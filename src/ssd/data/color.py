@@ -43,6 +43,6 @@ def adjust_hue(image: Tensor, hue_factor: float) -> Tensor:
     q = maxc - chroma * frac
     t = minc + chroma * frac
     candidates = torch.stack([v, q, p, t])  # (4, H, W)
-    index = _SECTOR_TABLE[:, sector.long()]  # (3, H, W)
+    index = _SECTOR_TABLE.to(image.device)[:, sector.long()]  # (3, H, W), on the image's device
     out = torch.gather(candidates, 0, index)
     return out.round_().clamp_(0, 255).to(torch.uint8)
