@@ -114,6 +114,19 @@ def test_resume_is_bit_exact_with_workers(tiny_data, tmp_path):
     assert all(torch.equal(oa[k]["momentum_buffer"], ob[k]["momentum_buffer"]) for k in oa)
 
 
+def test_device_augment_trains_exactly_as_the_cpu_loader_on_the_cpu(tiny_data, tmp_path):
+    """--device-augment moves decoding and the pixel work to the training device; on the CPU the same decoder
+    and the same draws give the same batches, so the same weights (the full SSD augmentation, 2 workers)."""
+    regular = train(_cfg(tiny_data, tmp_path / "regular", workers=2, augment="ssd"), log=lambda m: None)
+    on_device = train(_cfg(tiny_data, tmp_path / "device", workers=2, augment="ssd", device_augment=True),
+                      log=lambda m: None)  # fmt: skip
+    assert regular.step == on_device.step == 8
+    a, b = _weights(tmp_path / "regular" / "last.ckpt"), _weights(tmp_path / "device" / "last.ckpt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SSDError, match="--device-augment needs an augmentation"):
+        _cfg(tiny_data, tmp_path / "x", augment="none", device_augment=True).validate()
+
+
 def test_resume_refuses_changes_to_the_run(tiny_data, tmp_path):
     from ssd import SSDError
 

@@ -93,6 +93,9 @@ class TrainConfig:
 
     augment: Literal["ssd", "flip", "none"] = "ssd"  # the SSD augmentations, horizontal flips only, or none
     mirror_boxes: bool = True  # False only to show that a broken flip hurts (tests, docs)
+    # Decode JPEGs and augment on the training device (workers only read bytes and draw the augmentation):
+    # for GPUs whose CPU cores cannot decode fast enough (ssd.data.gpu_pipeline). Same draws and boxes.
+    device_augment: bool = False
     workers: int = 4
     seed: int = 0
     device: str = "auto"
@@ -132,6 +135,8 @@ class TrainConfig:
             raise SSDError(f"--optimizer must be sgd or adamw, not {self.optimizer!r}")
         if self.augment not in ("ssd", "flip", "none"):
             raise SSDError(f"--augment must be ssd, flip or none, not {self.augment!r}")
+        if self.device_augment and self.augment == "none":
+            raise SSDError("--device-augment needs an augmentation (--augment ssd or flip), not --augment none")
         if self.image_size is not None and self.image_size < 32:
             raise SSDError(f"--image-size must be at least 32, got {self.image_size}")
         if self.loc_loss not in ("smooth_l1", "l1_mean"):
@@ -547,10 +552,17 @@ def train(
             model_config.image_size, model_config.mean, photometric=full, zoom_out=4.0 if full else 1.0,
             crop=full, mirror_boxes=cfg.mirror_boxes,
         )  # fmt: skip
-    dataset = DetectionDataset(train_index, transform, seed=cfg.seed, keep_difficult=cfg.keep_difficult)
+    if cfg.device_augment:
+        from ssd.data.gpu_pipeline import EncodedDetectionDataset, collate_encoded
+
+        dataset = EncodedDetectionDataset(train_index, transform, seed=cfg.seed, keep_difficult=cfg.keep_difficult)
+        collate_fn = collate_encoded
+    else:
+        dataset = DetectionDataset(train_index, transform, seed=cfg.seed, keep_difficult=cfg.keep_difficult)
+        collate_fn = collate
     sampler = TrainBatchSampler(len(dataset), local_batch, cfg.seed, info.rank, info.world_size)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.workers,
+        dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.workers,
         pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
         worker_init_fn=_worker_init if cfg.workers > 0 else None,
         prefetch_factor=4 if cfg.workers > 0 else None,
@@ -624,7 +636,12 @@ def train(
         epoch, first = divmod(consumed, batches_per_epoch)
         while True:
             sampler.start(epoch, first)
-            yield from loader
+            if cfg.device_augment:
+                from ssd.data.gpu_pipeline import render_batches
+
+                yield from render_batches(loader, transform, device)
+            else:
+                yield from loader
             epoch, first = epoch + 1, 0
 
     def agreed(flag: bool) -> bool:

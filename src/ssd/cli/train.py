@@ -16,7 +16,7 @@ _FIELDS = {
     "grad_clip": "grad_clip", "accumulate": "accumulate", "loc_loss": "loc_loss", "workers": "workers",
     "seed": "seed", "device": "device", "amp": "amp", "channels_last": "channels_last", "compile": "compile",
     "log_every": "log_every", "checkpoint_every": "checkpoint_every", "eval_every": "eval_every",
-    "max_nonfinite": "max_nonfinite", "max_seconds": "max_seconds", "augment": "augment", "no_difficult": "keep_difficult",
+    "max_nonfinite": "max_nonfinite", "max_seconds": "max_seconds", "augment": "augment", "device_augment": "device_augment", "no_difficult": "keep_difficult",
     "image_size": "image_size", "reference_batch": "reference_batch", "overwrite": "overwrite",
 }  # fmt: skip
 
@@ -116,6 +116,9 @@ def register(sub) -> None:
     p.add_argument("--loc-loss", choices=("smooth_l1", "l1_mean"), help="localisation loss (default smooth_l1, the paper's)")
     p.add_argument("--augment", choices=("ssd", "flip", "none"),
                    help="ssd: the paper's augmentations (default); flip: horizontal flips only; none: resize only")  # fmt: skip
+    p.add_argument("--device-augment", action="store_true", default=None,
+                   help="decode JPEGs and augment on the training device (a GPU); loader workers only read bytes "
+                   "and draw the augmentation. For GPUs whose CPU cores cannot keep up")  # fmt: skip
     p.add_argument("--image-size", type=int, help="input side (default: the preset's)")
     p.add_argument("--no-difficult", action="store_true", default=None, help="leave difficult objects out of training")
     p.add_argument("--workers", type=int, help=f"data loader processes (default {d.workers})")
