@@ -18,7 +18,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$out/gpu.txt"
 case $what in
 compare)
-    timeout 170 python3 bench/compare.py --device cuda --channels-last --voc "$VOCMINI" --out "$out/compare.json" \
+    timeout 200 python3 bench/compare.py --device cuda --channels-last --voc "$VOCMINI" --out "$out/compare.json" \
         2>&1 | tee "$out/compare.log" | grep -v '^ \|^{\|^}'
     # The stretch figure: the forward with both models compiled (same flags otherwise).
     timeout 100 python3 bench/compare.py --device cuda --channels-last --compile --only forward --dtypes bf16 \
