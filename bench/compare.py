@@ -204,7 +204,7 @@ def reference_postprocess(scores_all, boxes_all, min_score, max_overlap, top_k, 
                 if suppressed[j]:
                     continue
                 kept.append((float(s[idx[j]]), c, b[j]))
-                suppressed |= iou[j] > max_overlap
+                suppressed |= iou[j].double() > max_overlap  # in double, as torchvision's CPU nms
         kept.sort(key=lambda t: -t[0])
         out.append(kept[:top_k])
     return out

@@ -26,7 +26,7 @@ compare)
     ;;
 tta)
     timeout 540 python3 bench/time_to_accuracy.py --train-voc "$TRAIN300" --test-voc "$VOCMINI" --seconds "${SECONDS_BUDGET:-400}" \
-        --preset "${PRESET:-ssd300}" --batch-size "${BATCH:-64}" --lr "${LR:-2e-3}" --weight-decay "${WD:-5e-4}" \
+        --preset "${PRESET:-ssd300}" --batch-size "${BATCH:-64}" --lr "${LR:-2e-3}" --weight-decay "${WD:-0.01}" \
         --workers "${WORKERS:-14}" --out "$out" --work /tmp/tta-run 2>&1 | tee "$out/tta.log" | grep -v "^ "
     ;;
 *) echo "unknown: $what" >&2; exit 2 ;;

@@ -250,3 +250,27 @@ def test_eval_every_logs_map_during_training(tiny_data, tmp_path):
 def test_max_seconds_stops_early_and_saves(tiny_data, tmp_path):
     result = train(_cfg(tiny_data, tmp_path / "t", iterations=10_000, max_seconds=0.0), log=lambda m: None)
     assert result.step == 1 and load_checkpoint(tmp_path / "t" / "last.ckpt")["step"] == 1
+
+
+def _lrs(run: Path) -> list[float]:
+    import json
+
+    return [json.loads(line)["lr"] for line in (run / "log.jsonl").read_text().splitlines() if '"lr"' in line]
+
+
+def test_cosine_over_a_time_budget_ends_at_zero_and_resumes_where_it_was(tiny_data, tmp_path):
+    """The rate follows the clock down to 0 at the budget; the time is saved, so a resumed run continues the
+    decay (and the count) instead of starting a new budget at the full rate."""
+    run = tmp_path / "t"
+    first = train(_cfg(tiny_data, run, iterations=10**6, lr_decay="cosine", max_seconds=1.5), log=lambda m: None)
+    lrs = _lrs(run)
+    assert first.stopped and len(lrs) >= 3
+    assert all(b <= a for a, b in zip(lrs, lrs[1:])) and lrs[-1] == 0.0
+    spent = load_checkpoint(run / "last.ckpt")["train_seconds"]
+    assert 1.5 <= spent < 10
+    second = train(TrainConfig(resume=str(run / "last.ckpt")), log=lambda m: None,
+                   resume_overrides={"max_seconds": 3.0, "progress": False, "tensorboard": False})  # fmt: skip
+    resumed = _lrs(run)[len(lrs):]
+    assert second.step > first.step and resumed
+    assert resumed[0] <= 1e-3 * 0.5 * (1 + math.cos(math.pi * spent / 3.0)) + 1e-12  # not back to 1e-3
+    assert load_checkpoint(run / "last.ckpt")["train_seconds"] >= 3.0

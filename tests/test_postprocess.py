@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torchvision.models.detection import ssd300_vgg16
+from torchvision.ops import nms
 
 from ssd.boxes import cxcywh_to_xyxy, decode, xyxy_to_cxcywh
 from ssd.config import DecodeConfig, get_preset
@@ -197,9 +198,31 @@ def test_matrix_nms_in_chunks_and_its_fallback_are_exact(monkeypatch, pairs):
     assert len(want_capped) < len(want)
 
 
+@pytest.mark.parametrize("threshold", [0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.6])
+def test_an_iou_exactly_at_the_threshold_is_decided_as_torchvision_does(threshold):
+    """Pixel-aligned boxes give IoUs that are exactly float32(threshold); torchvision's CPU kernel compares in
+    double, so float32(0.3) > 0.3 suppresses. Both methods must decide the same way."""
+    boxes, want = [], []
+    for h in range(1, 11):  # IoU h / 10 with [0, 0, 10, 10]
+        boxes.append([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, float(h)]])
+    boxes = torch.tensor(boxes).reshape(-1, 4)
+    scores = torch.tensor([1.0, 0.5] * 10)
+    groups = torch.arange(10).repeat_interleave(2)
+    want = grouped_nms(boxes, scores, groups, threshold, method="loop")
+    assert grouped_nms(boxes, scores, groups, threshold, method="matrix").tolist() == want.tolist()
+    for g in range(10):  # and both equal torchvision's nms on each pair
+        assert nms(boxes[2 * g : 2 * g + 2], scores[2 * g : 2 * g + 2], threshold).numel() == int((want // 2 == g).sum())
+
+
 def test_grouped_nms_rejects_an_unknown_method():
     with pytest.raises(ValueError, match="method"):
         grouped_nms(torch.zeros(2, 4), torch.ones(2), torch.zeros(2, dtype=torch.long), 0.5, method="fast")
+    with pytest.raises(ValueError, match="max_per_group"):
+        grouped_nms(torch.rand(2, 4), torch.ones(2), torch.zeros(2, dtype=torch.long), 0.5, max_per_group=0)
+    from ssd import SSDError
+
+    with pytest.raises(SSDError, match="candidates_per_class"):
+        DecodeConfig(candidates_per_class=0)
 
 
 def test_grouped_nms_keeps_groups_apart_with_negative_coordinates():

@@ -147,6 +147,10 @@ class DecodeConfig:
     clip_boxes: bool = False
     candidates_per_class: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.candidates_per_class is not None and self.candidates_per_class < 1:
+            raise SSDError(f"decode.candidates_per_class must be at least 1 (or null), got {self.candidates_per_class}")
+
 
 @dataclass(frozen=True)
 class ModelConfig:

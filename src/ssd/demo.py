@@ -1,6 +1,6 @@
 """``ssd demo``: the whole system on a machine with no GPU and no internet, in about five minutes.
 
-1. writes the synthetic shapes dataset (:data:`ssd.data.synthetic.DEMO_CONFIG`: 800 training and 200 test
+1. writes the synthetic shapes dataset (:data:`ssd.data.synthetic.DEMO_CONFIG`: 2000 training and 200 test
    images of 6 shape classes, 224-320 px, 1-6 objects each, about a third of them under 15% of the image
    side, overlaps up to IoU 0.4, textured backgrounds, 8% difficult objects, 5% empty images);
 2. trains the ``small`` preset (192 px) on it with the settings of :data:`DEMO_TRAINING`: from random
@@ -27,13 +27,13 @@ DEMO_TRAINING: dict[str, Any] = dict(
     batch_norm=True,
     pretrained_base="none",
     optimizer="adamw",
-    lr=2e-3,
+    lr=3e-3,
     warmup=30,
     grad_clip=10.0,
     batch_size=16,
     reference_batch=16,
-    iterations=1000,
-    milestones=(800,),
+    iterations=1100,
+    milestones=(880,),
     augment="flip",
     keep_difficult=False,
     seed=0,

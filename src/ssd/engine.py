@@ -107,7 +107,7 @@ class TrainConfig:
     checkpoint_every: int = 2000  # iterations (at batch 32)
     eval_every: int = 0  # iterations (at batch 32); 0 = never
     max_nonfinite: int = 0  # steps with a non-finite loss or gradient to skip before stopping
-    max_seconds: float | None = None  # stop (and save) after this much wall-clock time in the loop
+    max_seconds: float | None = None  # stop (and save) after this much training time in all (resumes continue the count)
     progress: bool = True
     tensorboard: bool = True
 
@@ -515,13 +515,15 @@ def train(
         model.priors_cxcywh, loc_loss=cfg.loc_loss, force_best_prior=cfg.force_best_prior
     ).to(device)
     optimizer = make_optimizer(model, cfg, schedule.lr)
-    clock = {"start": None}  # the loop's start, for a cosine over a time budget
+    # Training time of the run: "before" this start (from the checkpoint), "spent" in all, updated each step
+    # and agreed across processes (their maximum), so every rank sees the same budget and learning rate.
+    clock = {"before": 0.0, "spent": 0.0}
 
     def lr_factor(at_step: int) -> float:
         progress = None
-        if cfg.max_seconds is not None and cfg.lr_decay == "cosine" and clock["start"] is not None:
+        if cfg.max_seconds is not None and cfg.lr_decay == "cosine":
             # Whichever ends first: the iterations or the time budget.
-            spent = (time.perf_counter() - clock["start"]) / cfg.max_seconds if cfg.max_seconds > 0 else 1.0
+            spent = clock["spent"] / cfg.max_seconds if cfg.max_seconds > 0 else 1.0
             progress = max(at_step / schedule.iterations, spent)
         return schedule.lr_factor(at_step, progress)
 
@@ -535,6 +537,7 @@ def train(
             if "scaler" in resume_ckpt:
                 scaler.load_state_dict(resume_ckpt["scaler"])
             step = int(resume_ckpt["step"])
+            clock["before"] = clock["spent"] = float(resume_ckpt.get("train_seconds", 0.0))
             _set_rng_state(resume_ckpt["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"--resume {cfg.resume}: the training state is incomplete or does not fit: {e}") from None
@@ -605,6 +608,7 @@ def train(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "step": at_step,
+            "train_seconds": clock["spent"],
             "train_config": cfg.to_dict(),
             "rng": _rng_state(),
         }
@@ -652,9 +656,18 @@ def train(
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def time_spent() -> float:
+        """Training time of the run so far, the same on every rank (their maximum)."""
+        spent = clock["before"] + time.perf_counter() - loop_start
+        if info.enabled:
+            t = torch.tensor(spent, dtype=torch.float64, device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            spent = float(t.item())
+        return spent
+
     model.train()
     stream = batches()
-    loop_start = clock["start"] = time.perf_counter()
+    loop_start = time.perf_counter()
     try:
         with _StopRequest() as stop:
             while step < schedule.iterations:
@@ -701,6 +714,8 @@ def train(
                     log(f"step {step + 1}: non-finite loss or gradient, step skipped ({nonfinite}/{cfg.max_nonfinite})")
                     optimizer.zero_grad(set_to_none=True)
                 scaler.update()
+                if cfg.max_seconds is not None:
+                    clock["spent"] = time_spent()
                 scheduler.step()
                 step += 1
 
@@ -729,7 +744,7 @@ def train(
                     save_state(step)
                 if val_index is not None and schedule.eval_every and step % schedule.eval_every == 0:
                     result.evaluations.append(_evaluate_during_training(model, val_index, step, writer, log, info, log_file))
-                if cfg.max_seconds is not None and agreed(time.perf_counter() - loop_start >= cfg.max_seconds):
+                if cfg.max_seconds is not None and clock["spent"] >= cfg.max_seconds:
                     log(f"time budget of {cfg.max_seconds:g} s reached at step {step}")
                     result.stopped = True
                     break

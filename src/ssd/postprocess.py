@@ -95,6 +95,8 @@ def grouped_nms(
         method = "loop" if boxes_xyxy.device.type == "cpu" else "matrix"
     if method not in ("matrix", "loop"):
         raise ValueError(f"method must be auto, matrix or loop, not {method!r}")
+    if max_per_group is not None and max_per_group < 1:
+        raise ValueError(f"max_per_group must be at least 1, got {max_per_group}")
     if method == "loop":
         return _looped_nms(boxes_xyxy, scores, order, counts, iou_threshold)
     # After the cap, group g's candidates are order[first[g] : first[g] + counts[g]].
@@ -145,9 +147,15 @@ def _matrix_nms(boxes: Tensor, valid: Tensor, threshold: float) -> Tensor:
     h = (torch.minimum(y2[:, :, None], y2[:, None, :]) - torch.maximum(y1[:, :, None], y1[:, None, :])).clamp_(min=0)
     inter = w.mul_(h)
     iou = inter / ((area[:, :, None] + area[:, None, :]) - inter)
-    # overlaps[g, j, i]: better box j (j < i) would suppress box i.
+    # overlaps[g, j, i]: better box j (j < i) would suppress box i. torchvision's CPU kernel compares the
+    # float32 IoU with the threshold in double precision; a float32 tensor compared with a Python float
+    # rounds the threshold to float32 instead (0.3 becomes 0.30000001, so an IoU of exactly float32(0.3)
+    # would survive). Comparing with the largest float32 not above the threshold gives the double result.
+    t = torch.tensor(threshold, dtype=iou.dtype)
+    if float(t) > threshold:
+        t = torch.nextafter(t, torch.tensor(-math.inf, dtype=iou.dtype))
     better = torch.ones(width, width, dtype=torch.bool, device=boxes.device).triu_(1)
-    overlaps = ((iou > threshold) & better).to(boxes.dtype)
+    overlaps = ((iou > float(t)) & better).to(boxes.dtype)
     keep = valid
     for _ in range(width):
         suppressed = torch.bmm(keep.to(boxes.dtype).unsqueeze(1), overlaps).squeeze(1) > 0

@@ -172,12 +172,17 @@ class Batcher:
         return out
 
     def start(self) -> None:
+        """Open for requests (the service's start-up); also after a stop()."""
         with self._lock:
             self._closed = False
-            if self._thread is None or not self._thread.is_alive():
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._run, name="ssd-serve-batcher", daemon=True)
-                self._thread.start()
+            self._ensure_running()
+
+    def _ensure_running(self) -> None:
+        """Start the batching thread if it is not running; call with the lock held."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="ssd-serve-batcher", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
         """Finish the batch in hand, then answer every request still queued with 503 (shutting down)."""
@@ -199,14 +204,15 @@ class Batcher:
                 job.future.set_exception(HTTPProblem(503, "the service is shutting down; retry later"))
 
     def submit(self, job: _Job) -> concurrent.futures.Future:
+        # Checked and queued under the lock that stop() takes to close: no job slips in after the final drain.
         with self._lock:
             if self._closed:
                 raise HTTPProblem(503, "the service is shutting down; retry later")
-        self.start()
-        try:
-            self.queue.put_nowait(job)
-        except queue.Full:
-            raise HTTPProblem(503, f"busy: {self.queue.maxsize} requests are already waiting; retry later") from None
+            self._ensure_running()
+            try:
+                self.queue.put_nowait(job)
+            except queue.Full:
+                raise HTTPProblem(503, f"busy: {self.queue.maxsize} requests are already waiting; retry later") from None
         return job.future
 
     def _collect(self, first: _Job) -> list[_Job]:

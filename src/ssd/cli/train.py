@@ -125,12 +125,13 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), help="mixed precision (default auto: bf16 on CUDA)")
-    p.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory format (default on CUDA and the CPU)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format (default: on for CUDA and the CPU)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--log-every", type=int, help=f"iterations between log records (default {d.log_every})")
     p.add_argument("--checkpoint-every", type=int, help=f"iterations between checkpoints, at batch 32 (default {d.checkpoint_every})")
     p.add_argument("--eval-every", type=int, help="evaluate --val every N iterations (at batch 32)")
-    p.add_argument("--max-seconds", type=float, help="stop (and save) after this much training time, counted from this start")
+    p.add_argument("--max-seconds", type=float, help="stop (and save) after this much training time in all (a resumed run continues the count)")
     p.add_argument("--max-nonfinite", type=int, help="skip up to N steps with a non-finite loss before stopping (default 0)")
     p.set_defaults(func=_cmd_train)
 

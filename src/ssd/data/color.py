@@ -7,6 +7,8 @@ each pixel's maximum and minimum channel, so the result needs the hue alone, not
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -18,6 +20,12 @@ _SECTOR_TABLE = torch.tensor(
         [2, 2, 3, 0, 0, 1],  # blue:  p, p, t, v, v, q
     ]
 )
+
+
+@functools.lru_cache(maxsize=8)
+def _sector_table(device: torch.device) -> torch.Tensor:
+    """The sector table on ``device``, copied there once (a copy per image would wait for the GPU each time)."""
+    return _SECTOR_TABLE.to(device)
 
 
 def adjust_hue(image: Tensor, hue_factor: float) -> Tensor:
@@ -43,6 +51,6 @@ def adjust_hue(image: Tensor, hue_factor: float) -> Tensor:
     q = maxc - chroma * frac
     t = minc + chroma * frac
     candidates = torch.stack([v, q, p, t])  # (4, H, W)
-    index = _SECTOR_TABLE.to(image.device)[:, sector.long()]  # (3, H, W), on the image's device
+    index = _sector_table(image.device)[:, sector.long()]  # (3, H, W), on the image's device
     out = torch.gather(candidates, 0, index)
     return out.round_().clamp_(0, 255).to(torch.uint8)

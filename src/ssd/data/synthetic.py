@@ -301,7 +301,7 @@ class SyntheticConfig:
 
 
 DEMO_CONFIG = SyntheticConfig(
-    num_trainval=800,
+    num_trainval=2000,
     num_test=200,
     classes=("circle", "square", "triangle", "star", "cross", "ring"),
     image_size=(224, 320),

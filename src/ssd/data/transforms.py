@@ -181,7 +181,10 @@ def render_window(
     x0, y0 = max(wl - left, 0.0), max(wt - top, 0.0)
     x1, y1 = min(wr - left, float(w)), min(wb - top, float(h))
     # On the image's device: the GPU pipeline (ssd.data.gpu_pipeline) renders decoded images where they are.
-    out = torch.tensor(fill, dtype=torch.float32, device=image.device).view(3, 1, 1).expand(3, size, size).clone()
+    # Filled channel by channel from Python numbers: no host-to-device copy (which would wait for the GPU).
+    out = torch.empty(3, size, size, dtype=torch.float32, device=image.device)
+    for channel, value in zip(out, fill):
+        channel.fill_(float(value))
     if x1 > x0 and y1 > y0:
         ix0, iy0, ix1, iy1 = int(math.floor(x0)), int(math.floor(y0)), int(math.ceil(x1)), int(math.ceil(y1))
         # Where that part lands on the output, rounded to whole pixels.
