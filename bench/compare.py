@@ -298,7 +298,7 @@ def bench_input(args, device, flags) -> dict:
     for workers in args.workers:
         sampler = TrainBatchSampler(len(dataset), 32, seed=0)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
-                                             persistent_workers=True, prefetch_factor=4)  # fmt: skip
+                                             persistent_workers=workers > 0, prefetch_factor=4 if workers else None)  # fmt: skip
         it = iter(loader)
         next(it)
         start, count = time.perf_counter(), 0

@@ -49,7 +49,7 @@ def demo_sample() -> list[tuple[int, int, list]]:
 def test_demo_config_is_the_documented_setting():
     # the documented demo setting (the module docstring); the defaults equal it today
     assert DEMO_CONFIG.classes == DEFAULT_CLASSES == ("circle", "square", "triangle", "star", "cross", "ring")
-    assert DEMO_CONFIG.splits == {"trainval": 800, "test": 200}
+    assert DEMO_CONFIG.splits == {"trainval": 2000, "test": 200}
     assert (DEMO_CONFIG.object_size, DEMO_CONFIG.small_size, DEMO_CONFIG.small_fraction) == ((0.08, 0.6), 0.15, 0.28)
     assert (DEMO_CONFIG.max_iou, DEMO_CONFIG.seed, DEMO_CONFIG.jpeg_quality) == (0.4, 0, 90)
     assert DEMO_CONFIG == SyntheticConfig()

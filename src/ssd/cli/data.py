@@ -162,7 +162,7 @@ def register(sub) -> None:
     s = kinds.add_parser("synthetic", help="write a seeded synthetic shapes dataset (VOC layout) and index it")
     s.add_argument("--out", required=True, help="folder: images under OUT/VOC, indexes OUT/train.json, OUT/test.json")
     s.add_argument("--demo", action="store_true", help="the fixed setting `ssd demo` uses")
-    s.add_argument("--num-trainval", type=int, help="training images (default 800)")
+    s.add_argument("--num-trainval", type=int, help="training images (default 2000)")
     s.add_argument("--num-test", type=int, help="test images (default 200)")
     s.add_argument("--seed", type=int, help="random seed (default 0)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing synthetic dataset")
