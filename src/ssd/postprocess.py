@@ -151,11 +151,8 @@ def _matrix_nms(boxes: Tensor, valid: Tensor, threshold: float) -> Tensor:
     # float32 IoU with the threshold in double precision; a float32 tensor compared with a Python float
     # rounds the threshold to float32 instead (0.3 becomes 0.30000001, so an IoU of exactly float32(0.3)
     # would survive). Comparing with the largest float32 not above the threshold gives the double result.
-    t = torch.tensor(threshold, dtype=iou.dtype)
-    if float(t) > threshold:
-        t = torch.nextafter(t, torch.tensor(-math.inf, dtype=iou.dtype))
     better = torch.ones(width, width, dtype=torch.bool, device=boxes.device).triu_(1)
-    overlaps = ((iou > float(t)) & better).to(boxes.dtype)
+    overlaps = ((iou > _threshold_below(threshold, iou.dtype)) & better).to(boxes.dtype)
     keep = valid
     for _ in range(width):
         suppressed = torch.bmm(keep.to(boxes.dtype).unsqueeze(1), overlaps).squeeze(1) > 0
@@ -164,6 +161,15 @@ def _matrix_nms(boxes: Tensor, valid: Tensor, threshold: float) -> Tensor:
             break
         keep = new_keep
     return keep
+
+
+def _threshold_below(threshold: float, dtype: torch.dtype) -> float:
+    """The largest ``dtype`` value not above ``threshold``: ``x > it`` in ``dtype`` equals ``x > threshold`` in
+    double precision, as torchvision's CPU nms compares (a Python float would be rounded to the nearest)."""
+    t = torch.tensor(threshold, dtype=dtype)
+    if float(t) > threshold:
+        t = torch.nextafter(t, torch.tensor(-math.inf, dtype=dtype))
+    return float(t)
 
 
 def _looped_nms(boxes_xyxy: Tensor, scores: Tensor, order: Tensor, counts: Tensor, iou_threshold: float) -> Tensor:
