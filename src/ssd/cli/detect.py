@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ssd.cli.checks import create_dirs, writable_dir, writable_file
 from ssd.errors import SSDError
 
 EXIT_SOME_FAILED = 1
@@ -94,18 +95,6 @@ def register(sub) -> None:
 # --- validation ----------------------------------------------------------------------------------
 
 
-def _writable_dir(path: Path, option: str) -> Path:
-    if path.exists() and not path.is_dir():
-        raise SSDError(f"{option} {path}: exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SSDError(f"{option} {path}: cannot create the folder ({e.strerror or e})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise SSDError(f"{option} {path}: the folder is not writable")
-    return path
-
-
 def _validate(args: argparse.Namespace) -> dict[str, Any]:
     v: dict[str, Any] = {}
     paths = list(args.paths)
@@ -129,17 +118,8 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
         if not os.path.lexists(p):
             raise SSDError(f"INPUT {p}: no such file or folder")
     v["inputs"] = [Path(p) for p in paths]
-    v["out"] = _writable_dir(Path(args.out), "--out")
-    if args.json:
-        j = Path(args.json)
-        if j.is_dir():
-            raise SSDError(f"--json {args.json}: is a folder; give a file name")
-        _writable_dir(j.parent if str(j.parent) else Path("."), "--json")
-        if j.exists() and not os.access(j, os.W_OK):
-            raise SSDError(f"--json {args.json}: the file is not writable")
-        v["json"] = j
-    else:
-        v["json"] = None
+    v["out"] = writable_dir(args.out, "--out")
+    v["json"] = writable_file(args.json, "--json") if args.json else None
     suppress = [c.strip() for item in args.suppress for c in item.split(",") if c.strip()]
     v["suppress"] = suppress
     from ssd.device import resolve_device
@@ -239,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
                 f"--suppress {unknown[0]}: not a class of this model; its classes are: {', '.join(detector.class_names)}"
             )
         detector.settings["suppress"] = tuple(v["suppress"])
+    # Folders only once every option has passed (the model's too): a refused command leaves nothing behind.
+    create_dirs([(v["out"], "--out")] + ([(v["json"].parent, "--json")] if v["json"] else []))
     items = _collect(v["inputs"], v["out"])
     outputs = _unique_outputs(items)
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from ssd.cli.checks import create_dirs, writable_dir, writable_file
 from ssd.errors import SSDError
 
 EXIT_SOME_FAILED = 1
@@ -85,43 +85,6 @@ def _existing_dir(path: str, option: str) -> Path:
     return p
 
 
-def _writable_dir(path: str, option: str) -> Path:
-    """Check that ``path`` is, or can be created as, a writable folder (created later, once all options pass)."""
-    p = Path(path)
-    if p.exists():
-        if not p.is_dir():
-            raise SSDError(f"{option} {path}: exists and is not a folder")
-        if not os.access(p, os.W_OK | os.X_OK):
-            raise SSDError(f"{option} {path}: the folder is not writable")
-        return p
-    ancestor = p.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise SSDError(f"{option} {path}: cannot create the folder ({ancestor} is not a folder)")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise SSDError(f"{option} {path}: cannot create the folder ({ancestor} is not writable)")
-    return p
-
-
-def _create_dirs(folders: list[tuple[Path, str]]) -> None:
-    for folder, option in folders:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise SSDError(f"{option} {folder}: cannot create the folder ({e.strerror or e})") from None
-
-
-def _writable_file(path: str, option: str) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        raise SSDError(f"{option} {path}: is a folder; give a file name")
-    _writable_dir(str(p.parent), option)
-    if p.exists() and not os.access(p, os.W_OK):
-        raise SSDError(f"{option} {path}: the file is not writable")
-    return p
-
-
 def _voc_root(path: str) -> Path:
     p = _existing_dir(path, "--voc-root")
     if not (p / "Annotations").is_dir():
@@ -177,7 +140,7 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
         v["device"] = resolve_device(args.device, "--device")
 
     if args.out:
-        v["out"] = _writable_dir(args.out, "--out")
+        v["out"] = writable_dir(args.out, "--out")
         if not args.no_plot:
             try:
                 import matplotlib  # noqa: F401
@@ -187,9 +150,9 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
                     "(or add --no-plot)"
                 ) from None
     if args.save_detections:
-        v["save_detections"] = _writable_dir(args.save_detections, "--save-detections")
+        v["save_detections"] = writable_dir(args.save_detections, "--save-detections")
     if args.coco_results:
-        v["coco_results"] = _writable_file(args.coco_results, "--coco-results")
+        v["coco_results"] = writable_file(args.coco_results, "--coco-results")
     if args.coco:
         from ssd.evaluate import _import_pycocotools
 
@@ -198,7 +161,7 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
         except SSDError as e:
             raise SSDError(f"--coco: {e}") from None
     # Every option is valid: only now create the output folders.
-    _create_dirs(
+    create_dirs(
         [(v[key], option) for key, option in (("out", "--out"), ("save_detections", "--save-detections")) if key in v]
         + ([(v["coco_results"].parent, "--coco-results")] if "coco_results" in v else [])
     )
