@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -86,16 +86,25 @@ class DetectionDataset(Dataset):
         return len(self.index.images)
 
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
+        j, record, image, target, rng, failed = self.load(key, read_image)
+        image, target = self.transform(image, target, rng)
+        return Sample(image, target.boxes, target.labels, target.difficult, j, (record.height, record.width), failed)
+
+    def load(self, key: int | tuple[int, int], read: Callable[[str], Any]):
+        """The record that sample ``key`` = (epoch, index) uses, ``read`` of its file, its objects and its random
+        generator: ``(j, record, read(file), target, rng, failed)``. A file ``read`` refuses (SSDError) is
+        replaced by the next readable one of the index, with a warning; ``failed`` lists those replaced. The
+        generator is seeded by (seed, epoch, j), so a sample draws the same augmentation in any process."""
         epoch, i = key if isinstance(key, tuple) else (0, key)
         failed = []
         for attempt in range(self.max_replacements + 1):
             j = (i + attempt) % len(self)
             record = self.index.images[j]
             try:
-                image = read_image(record.file)
+                loaded = read(record.file)
                 break
             except SSDError as e:
-                warnings.warn(f"{e}; using another image in its place", stacklevel=2)
+                warnings.warn(f"{e}; using another image in its place", stacklevel=3)
                 failed.append(record.file)
         else:
             raise SSDError(f"{self.max_replacements + 1} images in a row could not be read, last: {failed[-1]}")
@@ -107,8 +116,7 @@ class DetectionDataset(Dataset):
         if not self.keep_difficult:
             target = target.select(~target.difficult)
         rng = random.Random(sample_seed(self.seed, epoch, j))
-        image, target = self.transform(image, target, rng)
-        return Sample(image, target.boxes, target.labels, target.difficult, j, (record.height, record.width), tuple(failed))
+        return j, record, loaded, target, rng, tuple(failed)
 
 
 def collate(samples: Sequence[Sample]) -> Batch:

@@ -36,7 +36,6 @@ with a warning, and listed in ``Batch.failed``.
 from __future__ import annotations
 
 import io
-import random
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Sequence
@@ -44,10 +43,10 @@ from typing import Iterable, Iterator, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from ssd.data.dataset import Batch, DetectionDataset, read_image, sample_seed
+from ssd.data.dataset import Batch, DetectionDataset, read_image
 from ssd.data.image import decode_image_bytes
 from ssd.data.index import DatasetIndex
-from ssd.data.transforms import PhotometricParams, Target, TrainParams, TrainTransform
+from ssd.data.transforms import PhotometricParams, TrainParams, TrainTransform
 from ssd.errors import SSDError
 
 _JPEG_MODES = ("RGB", "L")
@@ -136,31 +135,11 @@ class EncodedDetectionDataset(DetectionDataset):
         super().__init__(index, transform, seed=seed, keep_difficult=keep_difficult, max_replacements=max_replacements)
 
     def __getitem__(self, key: int | tuple[int, int]) -> EncodedSample:
-        epoch, i = key if isinstance(key, tuple) else (0, key)
-        failed = []
-        for attempt in range(self.max_replacements + 1):
-            j = (i + attempt) % len(self)
-            record = self.index.images[j]
-            try:
-                data, encoded, (height, width) = read_encoded(record.file)
-                break
-            except SSDError as e:
-                warnings.warn(f"{e}; using another image in its place", stacklevel=2)
-                failed.append(record.file)
-        else:
-            raise SSDError(f"{self.max_replacements + 1} images in a row could not be read, last: {failed[-1]}")
-        target = Target(
-            torch.from_numpy(record.boxes_xyxy_abs).float().reshape(-1, 4),
-            torch.from_numpy(record.labels).long().reshape(-1),
-            torch.from_numpy(record.difficult).bool().reshape(-1),
-        )
-        if not self.keep_difficult:
-            target = target.select(~target.difficult)
-        rng = random.Random(sample_seed(self.seed, epoch, j))
+        j, record, (data, encoded, (height, width)), target, rng, failed = self.load(key, read_encoded)
         params = self.transform.sample_params(height, width, target, rng)
         target = self.transform.apply_target(target, params)
         return EncodedSample(data, encoded, (height, width), params, target.boxes, target.labels, target.difficult, j,
-                             (record.height, record.width), tuple(failed), record.file)  # fmt: skip
+                             (record.height, record.width), failed, record.file)  # fmt: skip
 
 
 class EncodedBatch(NamedTuple):
