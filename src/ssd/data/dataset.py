@@ -119,8 +119,9 @@ class DetectionDataset(Dataset):
         return j, record, loaded, target, rng, tuple(failed)
 
 
-def collate(samples: Sequence[Sample]) -> Batch:
-    """Stack images; pad per-image objects to the batch's maximum count (label 0 pads)."""
+def pad_objects(samples: Sequence[Any]) -> tuple[Tensor, Tensor, Tensor]:
+    """Boxes (N, M, 4), labels (N, M) and difficult flags (N, M) of samples with ``boxes_xyxy_rel``, ``labels``
+    and ``difficult``, padded to the batch's largest object count M (label 0 pads)."""
     n = len(samples)
     m = max((len(s.labels) for s in samples), default=0)
     boxes = torch.zeros(n, m, 4)
@@ -131,6 +132,13 @@ def collate(samples: Sequence[Sample]) -> Batch:
         boxes[k, :c] = s.boxes_xyxy_rel
         labels[k, :c] = s.labels
         difficult[k, :c] = s.difficult
+    return boxes, labels, difficult
+
+
+def collate(samples: Sequence[Sample]) -> Batch:
+    """Stack images; pad per-image objects to the batch's maximum count (label 0 pads)."""
+    n = len(samples)
+    boxes, labels, difficult = pad_objects(samples)
     return Batch(
         images=torch.stack([s.image for s in samples]),
         boxes_xyxy_rel=boxes,

@@ -43,7 +43,7 @@ from typing import Iterable, Iterator, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from ssd.data.dataset import Batch, DetectionDataset, read_image
+from ssd.data.dataset import Batch, DetectionDataset, pad_objects, read_image
 from ssd.data.image import decode_image_bytes
 from ssd.data.index import DatasetIndex
 from ssd.data.transforms import PhotometricParams, TrainParams, TrainTransform
@@ -190,15 +190,7 @@ def collate_encoded(samples: Sequence[EncodedSample]) -> EncodedBatch:
     offsets = [0]
     for f in flat[:-1]:
         offsets.append(offsets[-1] + f.numel())
-    m = max(len(s.labels) for s in samples)
-    boxes = torch.zeros(n, m, 4)
-    labels = torch.zeros(n, m, dtype=torch.int64)
-    difficult = torch.zeros(n, m, dtype=torch.bool)
-    for k, s in enumerate(samples):
-        c = len(s.labels)
-        boxes[k, :c] = s.boxes_xyxy_rel
-        labels[k, :c] = s.labels
-        difficult[k, :c] = s.difficult
+    boxes, labels, difficult = pad_objects(samples)
     return EncodedBatch(
         payload=torch.cat(flat),
         spans=tuple((o, f.numel()) for o, f in zip(offsets, flat)),
