@@ -389,9 +389,58 @@ def test_candidate_prefilter_equals_thresholding_the_full_softmax(min_score):
     logits = torch.randn(3, 500, 6, generator=g) * 3
     logits[..., 0] += torch.rand(3, 500, generator=g) * 12  # background from weak to overwhelming
     logits[0, :5] = torch.tensor([0.0, math.log(min_score) if min_score > 0 else -5.0, 0, 0, 0, 0])  # near the bound
+    # Rows just either side of the bound: the best foreground logit log(min_score) -+ 0.005 below the background.
+    if min_score > 0:
+        logits[1, :2] = 0.0
+        logits[1, 0, 0], logits[1, 0, 1] = 5.0, 5.0 + math.log(min_score) - 0.005  # kept for the softmax
+        logits[1, 1, 0], logits[1, 1, 1] = 5.0, 5.0 + math.log(min_score) - 0.02  # dropped before it
     scores = torch.softmax(logits, -1)[..., 1:]
     img, prior, cls = (scores > min_score).nonzero(as_tuple=True)
-    got = _candidates(logits, min_score)
+    rows_seen = []
+    real_softmax = F.softmax
+
+    def counting_softmax(x, dim):
+        rows_seen.append(x.shape[0] if x.ndim == 2 else x.shape[0] * x.shape[1])
+        return real_softmax(x, dim=dim)
+
+    import ssd.postprocess as pp
+
+    pp.F.softmax, saved = counting_softmax, pp.F.softmax
+    try:
+        got = _candidates(logits, min_score)
+    finally:
+        pp.F.softmax = saved
     for a, b in zip(got, (img, prior, cls, scores[img, prior, cls])):
         assert torch.equal(a, b)
     assert len(img) > 0
+    if min_score >= 0.01:  # most rows (a strong background) never reach the softmax
+        assert rows_seen[0] < 0.8 * logits.shape[0] * logits.shape[1]
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 10, 500])
+@pytest.mark.parametrize("method", ["matrix", "loop"])
+def test_nms_on_each_images_best_candidates_first_equals_nms_on_all(top_k, method, monkeypatch):
+    """_select runs NMS on each image's 2 * top_k best candidates, then again on all candidates of the images
+    where fewer than top_k survive: the result must equal NMS over every candidate, then the top_k."""
+    import functools
+
+    import ssd.postprocess as pp
+
+    g = torch.Generator().manual_seed(top_k)
+    n, k, per = 4, 3, 200
+    img = torch.arange(n).repeat_interleave(per)
+    cls = torch.randint(0, k, (n * per,), generator=g)
+    xy = torch.rand(n * per, 2, generator=g) * 0.5
+    # image 0: heavy overlap (almost everything suppressed, so the first pass cannot find top_k survivors)
+    xy[:per] = 0.2 + torch.rand(per, 2, generator=g) * 0.01
+    boxes = torch.cat([xy, xy + 0.2 + torch.rand(n * per, 2, generator=g) * 0.2], 1)
+    scores = torch.rand(n * per, generator=g)
+    scores[per : per + 20] = 0.5  # ties
+    monkeypatch.setattr(pp, "grouped_nms", functools.partial(grouped_nms, method=method))
+    got = pp._select(n, k, img, cls, scores, boxes, 0.45, top_k, None, None)
+    keep = grouped_nms(boxes, scores, img * k + cls, 0.45, method="loop")  # everything at once
+    for i in range(n):
+        mine = keep[img[keep] == i]
+        order = sorted(mine.tolist(), key=lambda j: (-float(scores[j]), j))[:top_k]
+        assert torch.equal(got[i].scores, scores[order]) and torch.equal(got[i].labels, cls[order] + 1)
+        assert torch.equal(got[i].boxes, boxes[order])

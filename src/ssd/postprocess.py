@@ -39,6 +39,9 @@ class Detections(NamedTuple):
 # IoU. Bigger inputs are cut into chunks of groups; a single group larger than this uses torchvision's nms.
 MATRIX_NMS_PAIRS = 1 << 24
 
+# On the CPU, groups up to this many candidates go through the matrix method, larger ones the loop.
+CPU_MATRIX_MAX_GROUP = 64
+
 
 def check_settings(min_score: Any, max_overlap: Any, top_k: Any, prefix: str = "") -> None:
     """The one rule for the decoding settings of every command and API: scores and overlaps in [0, 1]
@@ -92,7 +95,10 @@ def grouped_nms(
         order = order[within < max_per_group]
         counts = counts.clamp(max=max_per_group)
     if method == "auto":
-        method = "loop" if boxes_xyxy.device.type == "cpu" else "matrix"
+        # The CPU pays for the padded block's K x K work but nothing for launches: the matrix method wins
+        # while groups are small (docs/performance.md), the loop when they are large.
+        small = boxes_xyxy.device.type != "cpu" or int(counts.max()) <= CPU_MATRIX_MAX_GROUP
+        method = "matrix" if small else "loop"
     if method not in ("matrix", "loop"):
         raise ValueError(f"method must be auto, matrix or loop, not {method!r}")
     if max_per_group is not None and max_per_group < 1:
@@ -235,8 +241,9 @@ def _candidates(logits: Tensor, min_score: float) -> tuple[Tensor, Tensor, Tenso
     """
     if min_score > 0:
         bound = math.log(min_score) - 0.01  # margin for the rounding of the difference
-        best = logits.amax(dim=-1, keepdim=True)
-        rows = ((logits[..., 1:] - best) > bound).any(dim=-1).nonzero(as_tuple=True)
+        # A row has a candidate when its best foreground logit is within the bound of its best logit.
+        best_fg = logits[..., 1:].amax(dim=-1)
+        rows = ((best_fg - torch.maximum(best_fg, logits[..., 0])) > bound).nonzero(as_tuple=True)
         scores = F.softmax(logits[rows], dim=-1)[:, 1:]  # (R, K)
         row, cls = (scores > min_score).nonzero(as_tuple=True)
         return rows[0][row], rows[1][row], cls, scores[row, cls]
@@ -267,6 +274,18 @@ def select_detections(
                    candidates_per_class, image_sizes)  # fmt: skip
 
 
+def _rank_within_image(img: Tensor, scores: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``order`` of the candidates by (image, -score) (ties by candidate order), each candidate's ``rank`` in its
+    image (0 = best) and the candidate ``counts`` per image."""
+    by_score = torch.sort(scores, descending=True, stable=True).indices
+    order = by_score[torch.sort(img[by_score], stable=True).indices]
+    counts = torch.bincount(img, minlength=n)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device) - starts[img[order]]
+    return order, rank, counts
+
+
 def _select(
     n: int, k: int, img: Tensor, cls: Tensor, cand_scores: Tensor, cand_boxes: Tensor, max_overlap: float,
     top_k: int, cap: int | None, image_sizes: Sequence[tuple[int, int]] | Tensor | None,
@@ -274,18 +293,31 @@ def _select(
     """Per-class NMS, then the best ``top_k`` of each image, from the candidates above the threshold.
 
     Each (image, class) group is capped at its best ``cap`` candidates inside grouped_nms: the same set as a
-    per-class top-k followed by the threshold, without a top-k over every prior."""
-    keep = grouped_nms(cand_boxes, cand_scores, img * k + cls, max_overlap, max_per_group=cap)
+    per-class top-k followed by the threshold, without a top-k over every prior.
+
+    Only each image's best candidates go through NMS at first (``2 * top_k`` of them, a score prefix): whether a
+    box survives depends only on the better boxes of its group, all inside that prefix, so the prefix's
+    decisions are final; when at least ``top_k`` of them survive, the image's ``top_k`` detections are among
+    them. The images where fewer survive go through NMS again with all their candidates. Same result as NMS
+    over everything (ties are broken by candidate order in both orderings), for a fraction of the work when
+    candidates far outnumber ``top_k``."""
+    groups = img * k + cls
+    order, rank, counts = _rank_within_image(img, cand_scores, n)
+    prefix = (rank < 2 * top_k).nonzero().squeeze(1)
+    kept = prefix[grouped_nms(cand_boxes[prefix], cand_scores[prefix], groups[prefix], max_overlap, max_per_group=cap)]
+    redo = (torch.bincount(img[kept], minlength=n) < top_k) & (counts > 2 * top_k)
+    if bool(redo.any()):
+        again = redo[img].nonzero().squeeze(1)  # every candidate of those images
+        again_kept = again[grouped_nms(cand_boxes[again], cand_scores[again], groups[again], max_overlap,
+                                       max_per_group=cap)]  # fmt: skip
+        kept = torch.cat([kept[~redo[img[kept]]], again_kept])
+    keep = torch.zeros(img.numel(), dtype=torch.bool, device=img.device)
+    keep[kept] = True
     img, cls, cand_scores, cand_boxes = img[keep], cls[keep], cand_scores[keep], cand_boxes[keep]
 
     # Best top_k per image: order by (image, -score), rank within each image.
-    by_score = torch.sort(cand_scores, descending=True, stable=True).indices
-    order = by_score[torch.sort(img[by_score], stable=True).indices]
-    img, cls, cand_scores, cand_boxes = img[order], cls[order], cand_scores[order], cand_boxes[order]
-    counts = torch.bincount(img, minlength=n)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(img.numel(), device=img.device) - starts[img]
-    sel = rank < top_k
+    order, rank, _ = _rank_within_image(img, cand_scores, n)
+    sel = order[rank[order] < top_k]
     img, cls, cand_scores, cand_boxes = img[sel], cls[sel], cand_scores[sel], cand_boxes[sel]
 
     if image_sizes is not None:
