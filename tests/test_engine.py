@@ -107,6 +107,8 @@ def test_resume_is_bit_exact_with_workers(tiny_data, tmp_path):
     resumed = train(TrainConfig(resume=str(tmp_path / "half" / "last.ckpt")), log=lambda m: None,
                     resume_overrides={"iterations": 8, "workers": 2, "progress": False, "tensorboard": False})  # fmt: skip
     assert full.step == resumed.step == 8
+    # the training time is counted with or without a budget, and a resume continues the count
+    assert load_checkpoint(tmp_path / "half" / "last.ckpt")["train_seconds"] > 0
     a, b = _weights(tmp_path / "full" / "last.ckpt"), _weights(tmp_path / "half" / "last.ckpt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     oa = load_checkpoint(tmp_path / "full" / "last.ckpt")["optimizer"]["state"]

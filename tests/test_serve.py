@@ -447,3 +447,30 @@ def test_missing_dependencies_say_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn -> ImportError
     with pytest.raises(SSDError, match=r"uvicorn.*pip install 'ssd-detector\[serve\]'"):
         require_serve_dependencies()
+
+
+def test_start_after_a_stop_that_timed_out_keeps_serving(monkeypatch):
+    """stop() gives up joining a thread stuck in a long batch; a start() right after must leave a thread that
+    answers the next requests, not one that exits on stop()'s wake-up and strands them."""
+    from ssd.serve import Batcher, _Job
+
+    release = threading.Event()
+
+    class Slow(Batcher):
+        def _detect(self, jobs):
+            release.wait(10)
+            return ["done"] * len(jobs)
+
+    b = Slow(None, window_s=0.0, max_batch=1, queue_size=8)
+    first = b.submit(_Job(tensor=torch.zeros(3, 4, 4), size=(4, 4), settings={}, source="a"))
+    time.sleep(0.2)
+    real_join = threading.Thread.join
+    monkeypatch.setattr(threading.Thread, "join", lambda self, timeout=None: real_join(self, 0.05))
+    b.stop()  # the join times out: the thread is still in its batch
+    monkeypatch.setattr(threading.Thread, "join", real_join)
+    b.start()
+    release.set()
+    assert first.result(timeout=5) == "done"
+    later = b.submit(_Job(tensor=torch.zeros(3, 4, 4), size=(4, 4), settings={}, source="b"))
+    assert later.result(timeout=5) == "done"
+    b.stop()

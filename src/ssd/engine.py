@@ -657,9 +657,9 @@ def train(
         return bool(t.item())
 
     def time_spent() -> float:
-        """Training time of the run so far, the same on every rank (their maximum)."""
+        """Training time of the run so far; with a time budget, the same on every rank (their maximum)."""
         spent = clock["before"] + time.perf_counter() - loop_start
-        if info.enabled:
+        if info.enabled and cfg.max_seconds is not None:
             t = torch.tensor(spent, dtype=torch.float64, device=device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             spent = float(t.item())
@@ -714,8 +714,7 @@ def train(
                     log(f"step {step + 1}: non-finite loss or gradient, step skipped ({nonfinite}/{cfg.max_nonfinite})")
                     optimizer.zero_grad(set_to_none=True)
                 scaler.update()
-                if cfg.max_seconds is not None:
-                    clock["spent"] = time_spent()
+                clock["spent"] = time_spent()  # kept in last.ckpt: a resumed run continues the count
                 scheduler.step()
                 step += 1
 

@@ -51,7 +51,7 @@ def check_settings(min_score: Any, max_overlap: Any, top_k: Any, prefix: str = "
         return prefix + (key.replace("_", "-") if prefix == "--" else key)
 
     for key, value in (("min_score", min_score), ("max_overlap", max_overlap)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:  # NaN too
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:  # NaN too
             raise SSDError(f"{name(key)} must be in [0, 1], got {value!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
         raise SSDError(f"{name('top_k')} must be a positive integer, got {top_k!r}")

@@ -175,6 +175,7 @@ class Batcher:
         """Open for requests (the service's start-up); also after a stop()."""
         with self._lock:
             self._closed = False
+            self._stop.clear()  # also when a thread that stop() could not join is still finishing its batch
             self._ensure_running()
 
     def _ensure_running(self) -> None:
@@ -224,8 +225,7 @@ class Batcher:
                 job = self.queue.get_nowait() if remaining <= 0 else self.queue.get(timeout=remaining)
             except queue.Empty:
                 break
-            if job is None:
-                self._stop.set()
+            if job is None:  # stop()'s wake-up: it has set _stop already (unless a start() cleared it since)
                 break
             jobs.append(job)
         return jobs
@@ -237,7 +237,9 @@ class Batcher:
             except queue.Empty:
                 continue
             if first is None:
-                break
+                if self._stop.is_set():
+                    break
+                continue  # a stop() that a start() has since cancelled
             jobs = [j for j in self._collect(first) if j.future.set_running_or_notify_cancel()]
             if not jobs:
                 continue

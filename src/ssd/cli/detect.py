@@ -219,10 +219,10 @@ def run(args: argparse.Namespace) -> int:
                 f"--suppress {unknown[0]}: not a class of this model; its classes are: {', '.join(detector.class_names)}"
             )
         detector.settings["suppress"] = tuple(v["suppress"])
-    # Folders only once every option has passed (the model's too): a refused command leaves nothing behind.
-    create_dirs([(v["out"], "--out")] + ([(v["json"].parent, "--json")] if v["json"] else []))
     items = _collect(v["inputs"], v["out"])
     outputs = _unique_outputs(items)
+    # Folders only once the options, the model and the inputs have passed: a refused command leaves nothing.
+    create_dirs([(v["out"], "--out")] + ([(v["json"].parent, "--json")] if v["json"] else []))
 
     from tqdm import tqdm
 

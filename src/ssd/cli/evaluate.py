@@ -160,12 +160,15 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
             _import_pycocotools()
         except SSDError as e:
             raise SSDError(f"--coco: {e}") from None
-    # Every option is valid: only now create the output folders.
+    return v
+
+
+def _create_output_dirs(v: dict[str, Any]) -> None:
+    """Once the options, the model and the data have all passed: a refused command leaves nothing behind."""
     create_dirs(
         [(v[key], option) for key, option in (("out", "--out"), ("save_detections", "--save-detections")) if key in v]
         + ([(v["coco_results"].parent, "--coco-results")] if "coco_results" in v else [])
     )
-    return v
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -245,6 +248,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
         model = load_model(v["checkpoint"], device=v["device"])
     index = _load_index(args, v, model.class_names if model is not None else None)
+    _create_output_dirs(v)
 
     if model is not None:
         amp = {"auto": None, "on": True, "off": False}[args.amp]
