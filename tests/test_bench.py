@@ -6,6 +6,7 @@ import importlib.util
 from argparse import Namespace
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "compare.py"
@@ -45,3 +46,44 @@ def test_synthetic_head_outputs_are_deterministic():
     a = bench.synthetic_head_outputs(2, 100, 21, torch.device("cpu"))
     b = bench.synthetic_head_outputs(2, 100, 21, torch.device("cpu"))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.slow
+def test_demo_ablation_dry_run(tmp_path, capsys):
+    """``bench/demo_ablation.py`` (the README's command for the demo's ablations), shortened: every change runs
+    the demo with only that training setting changed (plus the ``--set`` ones), the unchanged run comes first
+    whatever the order asked, and the record holds the drops against it."""
+    import json
+
+    spec = importlib.util.spec_from_file_location("bench_demo_ablation", BENCH.parent / "demo_ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "ablation"
+    argv = ["--out", str(out), "--iterations", "2", "--train-images", "16", "--test-images", "4", "--device", "cpu",
+            "--change", "no-box-mirroring", "--change", "none", "--change", "no-forced-match", "--set", "lr=0.002",
+            "--min-drop", "2"]  # fmt: skip
+    assert module.main(argv) == 1  # no drop reaches 2 (an mAP lies in [0, 1]): the check fails, as it should
+    assert "dropped the mAP by less than 2.0" in capsys.readouterr().err
+    record = json.loads((out / "ablation.json").read_text())
+    runs = {r["change"]: r for r in record["runs"]}
+    assert list(runs) == ["none", "no-box-mirroring", "no-forced-match"]
+    assert record["data_changes"] == {"num_trainval": 16, "num_test": 4} and record["settings"] == {"lr": 0.002}
+    for change, run in runs.items():
+        assert run["drop"] == round(runs["none"]["mAP"] - run["mAP"], 4)
+        assert list(run["ap"]) == ["circle", "square", "star", "ring", "bar"]
+        config = json.loads((out / change / "run" / "config.json").read_text())["train_config"]
+        assert (config["iterations"], config["lr"]) == (2, 0.002)
+        assert config["force_best_prior"] is (change != "no-forced-match")
+        assert config["mirror_boxes"] is (change != "no-box-mirroring")
+
+    # bad input: a clear message and exit code 2, before any data is written
+    bad = tmp_path / "bad"
+    assert module.main(["--out", str(bad), "--classes", "circle,blob", "--change", "none"]) == 2
+    assert "unknown class 'blob'" in capsys.readouterr().err
+    assert module.main(["--out", str(bad), "--set", "workers=2", "--change", "none"]) == 2  # set by the demo itself
+    assert "cannot change the training setting workers" in capsys.readouterr().err
+    assert module.main(["--out", str(bad), "--set", "no_such_setting=1", "--change", "none"]) == 2
+    assert not (bad / "none").exists()
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--out", str(bad), "--set", "lr"])
+    assert exc.value.code == 2

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ssd import SSDError, load_checkpoint
-from ssd.data.index import build_voc_index
+from ssd.data.index import DatasetIndex, build_voc_index
 from ssd.data.synthetic import SyntheticConfig, generate_synthetic
 from ssd.engine import TrainConfig, TrainingDiverged, make_optimizer, resolve_schedule, train
 from ssd.model import build_model
@@ -233,7 +233,7 @@ def test_ddp_with_gloo_equals_one_process_with_the_global_batch(tiny_data, tmp_p
     a, b = _weights(tmp_path / "ddp" / "last.ckpt"), _weights(tmp_path / "single" / "last.ckpt")
     assert load_checkpoint(tmp_path / "ddp" / "last.ckpt")["step"] == 3
     torch.manual_seed(cfg.seed)  # train() seeds the same way before building: these are the step-0 weights
-    start = build_model("small", 6, image_size=96).state_dict()
+    start = build_model("small", len(DatasetIndex.load(tiny_data).classes), image_size=96).state_dict()
     assert max(float((b[k] - start[k]).abs().max()) for k in b) > 1e-5  # the weights did change
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)

@@ -1,12 +1,14 @@
 """``ssd demo``: the whole system on a machine with no GPU and no internet, in about five minutes.
 
 1. writes the synthetic shapes dataset (:data:`ssd.data.synthetic.DEMO_CONFIG`: 2000 training and 200 test
-   images of 6 shape classes, 224-320 px, 1-6 objects each, about a third of them under 15% of the image
-   side, overlaps up to IoU 0.4, textured backgrounds, 8% difficult objects, 5% empty images);
+   images of 5 shape classes, 224-320 px, 1-6 objects each, 30% of them under 15% of the image side,
+   overlaps up to IoU 0.4, textured backgrounds, 8% difficult objects, 5% empty images; one class, the bar,
+   is too elongated for almost any prior to overlap it at IoU 0.5, so it is learned through the forced
+   best-prior match);
 2. trains the ``small`` preset (192 px) on it with the settings of :data:`DEMO_TRAINING`: from random
    weights, BatchNorm, AdamW, warm-up, gradient clipping, horizontal flips (the full SSD augmentation
    learns too slowly for a five-minute CPU budget: 0.12 mAP after 400 iterations against 0.44 with flips
-   alone, measured on the demo data);
+   alone, measured on the demo's earlier six-shape data);
 3. evaluates it on the test split (VOC07 mAP, per-class AP, precision-recall curves);
 4. draws its detections on a few test images;
 5. writes ``report.md`` saying what came out and where everything is.
@@ -16,6 +18,7 @@ The run is seeded: the same machine gives the same numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -32,8 +35,8 @@ DEMO_TRAINING: dict[str, Any] = dict(
     grad_clip=10.0,
     batch_size=16,
     reference_batch=16,
-    iterations=1100,
-    milestones=(880,),
+    iterations=1200,
+    milestones=(960,),
     augment="flip",
     keep_difficult=False,
     seed=0,
@@ -44,7 +47,9 @@ DEMO_TRAINING: dict[str, Any] = dict(
 
 MIN_MAP = 0.85
 """The VOC07 mAP the demo must reach; CI checks it (the project's goal; measured figures in
-docs/performance.md). Measured on CPUs only: on a GPU the demo trains in bf16, not yet measured."""
+docs/performance.md). On a GPU the demo trains in bf16 and its runs are not bit-reproducible: earlier variants
+of the setting (with the triangle, bars up to 0.6 of the side, 1100-1300 iterations) reached 0.81-0.85 on one
+H100 (docs/performance.md); the final setting was not run on a GPU."""
 
 
 @dataclass
@@ -66,8 +71,15 @@ def run_demo(
     progress: bool = True,
     log: Callable[[str], None] = print,
     iterations: int | None = None,
+    changes: dict[str, Any] | None = None,
+    data: Any = None,
 ) -> DemoResult:
-    """Run the demo into ``out_dir``; see the module docstring."""
+    """Run the demo into ``out_dir``; see the module docstring.
+
+    ``changes`` replaces some of :data:`DEMO_TRAINING`'s settings (TrainConfig fields) and ``data`` the
+    dataset's setting (a :class:`~ssd.data.synthetic.SyntheticConfig`): the ablations of
+    ``bench/demo_ablation.py``. The demo itself passes neither.
+    """
     import torch
 
     from ssd.checkpoint import load_model
@@ -77,11 +89,16 @@ def run_demo(
     from ssd.errors import SSDError
     from ssd.evaluate import evaluate
 
+    names = set(changes or {})
+    reserved = {"train_data", "out_dir", "device", "workers", "progress", "tensorboard", "overwrite"}  # set here
+    unknown = sorted((names - {f.name for f in dataclasses.fields(TrainConfig)}) | (names & reserved))
+    if unknown:
+        raise SSDError(f"demo: cannot change the training setting {', '.join(unknown)}")
     start = time.perf_counter()
     out = Path(out_dir)
     data_dir = out / "data"
     log(f"[1/4] writing the synthetic dataset to {data_dir}")
-    summary = generate_synthetic(data_dir / "VOC", DEMO_CONFIG, progress=progress, overwrite=False)
+    summary = generate_synthetic(data_dir / "VOC", data or DEMO_CONFIG, progress=progress, overwrite=False)
     indexes = {}
     for name, split in (("train", "trainval"), ("test", "test")):
         index = build_voc_index(name, [(summary.voc_root, split)], summary.classes)
@@ -93,6 +110,7 @@ def run_demo(
     if iterations is not None:
         settings["iterations"] = iterations
         settings["milestones"] = (int(iterations * 0.8),)
+    settings.update(changes or {})
     cfg = TrainConfig(
         train_data=str(data_dir / "train.json"), out_dir=str(out / "run"), device=device, workers=workers,
         progress=progress, tensorboard=False, overwrite=True, **settings,

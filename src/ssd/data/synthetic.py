@@ -33,8 +33,16 @@ random angle and period, sometimes clutter (thin random polylines and open arcs 
 background, 1-2 px wide, so nothing looks like a class), and pixel noise.
 
 Objects are shapes drawn with PIL (supersampled 4x for anti-aliased edges): by default ``circle``,
-``square``, ``triangle``, ``star``, ``cross`` and ``ring`` (``diamond``, ``hexagon``, ``crescent`` and
-``arrow`` are also available through ``config.classes``). Each has a random colour chosen to stand out from
+``square``, ``star``, ``ring`` and ``bar`` (``triangle``, ``cross``, ``diamond``, ``hexagon``, ``crescent``,
+``arrow`` and ``dash`` are also available through ``config.classes``). A ``bar`` (and a ``dash``, a bar cut
+into 3-4 segments) lies along the x or the y axis and is 6-8 times as long as it is thick: almost no prior of
+the ``small`` preset (aspect ratios up to 3) overlaps it at IoU 0.5 (a box a times as long as thick reaches at
+most IoU sqrt(3a) / (2a - sqrt(3a)) with a 3:1 prior of the best size and place, under 0.5 from a = 6.75 up;
+127 of the demo's 131 non-difficult test bars have no prior at IoU 0.5), so it becomes a positive only through
+the forced best-prior match, and the demo fails when that match is broken (``bench/demo_ablation.py``).
+Ordinary bars are drawn at sizes 0.15-0.35 only (tiny difficult ones at the tiny sizes): a smaller one would
+be a line 2 px thick, and a longer one reaches the coarse maps, where few priors lie (both were learned worse:
+docs/performance.md, the demo). Each has a random colour chosen to stand out from
 what lies under it (RGB distance >= 90 from the local background and from the objects it overlaps), sometimes
 a shading gradient, a random stretch where the class stays recognisable (a triangle 0.6-1.6, an ellipse-like
 circle at most 1.2, a square at most 1.25, ...) and a random rotation (full turn for symmetric-looking
@@ -42,10 +50,12 @@ shapes, +-20 degrees for the square and the cross so they stay distinct from a d
 
 Sizes. An object's **size** is the longest side of its box divided by the image's *shorter* side, the
 strictest reading of "fraction of the image side" (after resizing to a square input, each relative box side
-``w / W`` and ``h / H`` is at most the size). A share ``config.small_fraction`` (0.35) of the ordinary
+``w / W`` and ``h / H`` is at most the size). A share ``config.small_fraction`` (0.32) of the ordinary
 objects is drawn log-uniformly from ``[object_size[0], small_size) = [0.08, 0.15)``, the rest from
 ``[0.15, object_size[1]] = [0.15, 0.6]``; the annotated box is the tight box of the pixels the shape covers
-at least half, so it matches the drawing exactly.
+at least half, so it matches the drawing exactly. A shape's own sizes narrow the range drawn: a bar or a
+dash drawn "small" is drawn in 0.15-0.35 instead, so the share of small objects is lower than
+``small_fraction`` in a dataset with bars.
 
 Overlap. Objects are placed largest first (so small ones are never hidden under big ones); a placement is
 accepted when the new box's IoU with every earlier box is at most ``config.max_iou`` (0.4), it covers at
@@ -69,11 +79,13 @@ and parameters give byte-identical JPEG and XML files (for the same numpy and Pi
 The demo setting
 ----------------
 :data:`DEMO_CONFIG` is the fixed setting ``ssd demo`` trains and evaluates on: 2000 ``trainval`` and 200
-``test`` images, the six default classes, sides 224-320 px, 1-6 objects per image, sizes 0.08-0.6 with 28% of
-the ordinary objects under 0.15 (measured on the whole demo dataset: 32% of all objects, difficult ones
-included, are under 15% of the image side; 29% of the non-difficult ones), IoU between objects <= 0.4,
-8% difficult, 10% of the large objects truncated, 5% empty images, seed 0: 7396 objects (578 difficult) in
-2200 images (the test split alone: 684 objects, 58 difficult, in 200 images). Each image is drawn from its own
+``test`` images, the five default classes (circle, square, star, ring, bar), sides 224-320 px, 1-6 objects per
+image, sizes 0.08-0.6 (bars 0.15-0.35) with 32% of the ordinary objects other than bars drawn under 0.15
+(measured on the whole demo dataset: 30% of all objects, difficult ones included, are under 15% of the image
+side; 27% of the non-difficult ones), IoU between objects <= 0.4, 8% difficult, 10% of the large objects
+truncated, 5% empty images, seed 0: 7397 objects (592 difficult) in 2200 images (the test split alone: 685
+objects, 59 difficult, in 200 images; of its 626 non-difficult objects, 127 of the 131 bars and 26 of the
+other 495 have no prior of the ``small`` preset at IoU >= 0.5). Each image is drawn from its own
 seed (split, index), so the test split does not depend on the training split's size. The setting is spelled
 out field by field, so changing the defaults of :class:`SyntheticConfig` does not change the demo. Generating
 it takes about 15 s on a 2-core machine (one process, about 150 images/s). 2000 training images rather than
@@ -123,6 +135,7 @@ _MIN_COVER = 0.5  # a new object may cover at most this share of an earlier obje
 _MIN_VISIBLE = 0.55  # every object keeps at least this share of its pixels visible
 _OFF_CENTRE = 0.15  # a new object's centre keeps this share of an earlier box's sides from its centre
 _MIN_INSIDE = 0.6  # a truncated object keeps at least this share of its area inside the image
+_BAR_ASPECT = (6.0, 8.0)  # length / thickness of a bar or dash: a prior of ratio <= 3 rarely overlaps it at IoU 0.5
 
 # --------------------------------------------------------------------------------------------- shapes
 
@@ -187,11 +200,36 @@ def _arrow(rng: np.random.Generator) -> Polygons:
     return [(np.array(pts, dtype=np.float64), 255)]
 
 
+def _along_an_axis(polys: Polygons, rng: np.random.Generator) -> Polygons:
+    """The polygons as drawn (along the x axis) or turned upright, with even odds."""
+    if rng.random() < 0.5:
+        return [(pts[:, ::-1].copy(), fill) for pts, fill in polys]
+    return polys
+
+
+def _bar(rng: np.random.Generator) -> Polygons:
+    half = 1.0 / float(rng.uniform(*_BAR_ASPECT))  # half-thickness (the bar's length is 2)
+    return _along_an_axis([(np.array([[-1.0, -half], [1.0, -half], [1.0, half], [-1.0, half]]), 255)], rng)
+
+
+def _dash(rng: np.random.Generator) -> Polygons:
+    half = 1.0 / float(rng.uniform(*_BAR_ASPECT))
+    n = int(rng.integers(3, 5))  # 3 or 4 segments, gaps of 0.35-0.6 of a segment
+    gap = float(rng.uniform(0.35, 0.6))
+    seg = 2.0 / (n + (n - 1) * gap)
+    starts = [-1.0 + i * seg * (1.0 + gap) for i in range(n)]
+    polys = [(np.array([[x, -half], [x + seg, -half], [x + seg, half], [x, half]]), 255) for x in starts]
+    return _along_an_axis(polys, rng)
+
+
 @dataclass(frozen=True)
 class _Shape:
     build: Callable[[np.random.Generator], Polygons]
     max_stretch: float  # axis stretch drawn log-uniformly in [1/max_stretch, max_stretch] before rotating
     max_rotation: float  # degrees, rotation uniform in [-max_rotation, max_rotation]
+    # sizes it is drawn at, within the config's: a thin shape drawn small would be a line of 2 px, and a long
+    # one would reach the coarse maps, where few priors lie
+    sizes: tuple[float, float] = (0.0, 1.0)
 
 
 SHAPES: dict[str, _Shape] = {
@@ -205,10 +243,12 @@ SHAPES: dict[str, _Shape] = {
     "hexagon": _Shape(_hexagon, 1.18, 180.0),
     "crescent": _Shape(_crescent, 1.15, 180.0),
     "arrow": _Shape(_arrow, 1.3, 180.0),
+    "bar": _Shape(_bar, 1.0, 0.0, sizes=(0.15, 0.35)),
+    "dash": _Shape(_dash, 1.0, 0.0, sizes=(0.15, 0.35)),
 }
-"""The shapes a class name may be: name -> (unit polygons, largest stretch, largest rotation)."""
+"""The shapes a class name may be: name -> (unit polygons, largest stretch, largest rotation, own sizes)."""
 
-DEFAULT_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
+DEFAULT_CLASSES: tuple[str, ...] = ("circle", "square", "star", "ring", "bar")
 
 # --------------------------------------------------------------------------------------------- config
 
@@ -220,8 +260,7 @@ class SyntheticConfig:
     Attributes:
         num_trainval: images in the ``trainval`` split [2000].
         num_test: images in the ``test`` split [200].
-        classes: class names, in label order, each a key of :data:`SHAPES` [circle, square, triangle, star,
-            cross, ring].
+        classes: class names, in label order, each a key of :data:`SHAPES` [circle, square, star, ring, bar].
         image_size: smallest and largest image side in pixels; width and height are drawn independently
             [(224, 320)].
         objects_per_image: fewest and most objects attempted in a non-empty image [(1, 6)]; an object that
@@ -229,7 +268,8 @@ class SyntheticConfig:
         object_size: smallest and largest size of an ordinary object (longest box side / shorter image side)
             [(0.08, 0.6)].
         small_size: the "small" threshold [0.15].
-        small_fraction: share of ordinary objects drawn below ``small_size`` [0.28].
+        small_fraction: share of ordinary objects drawn below ``small_size`` (except bars and dashes,
+            drawn in their own sizes) [0.32].
         max_iou: largest IoU between two objects' boxes [0.4].
         difficult_fraction: share of objects that are difficult (half tiny, half low-contrast) [0.08].
         difficult_size: size range of the tiny difficult objects [(0.03, 0.06)].
@@ -246,7 +286,7 @@ class SyntheticConfig:
     objects_per_image: tuple[int, int] = (1, 6)
     object_size: tuple[float, float] = (0.08, 0.6)
     small_size: float = 0.15
-    small_fraction: float = 0.28
+    small_fraction: float = 0.32
     max_iou: float = 0.4
     difficult_fraction: float = 0.08
     difficult_size: tuple[float, float] = (0.03, 0.06)
@@ -306,12 +346,12 @@ class SyntheticConfig:
 DEMO_CONFIG = SyntheticConfig(
     num_trainval=2000,
     num_test=200,
-    classes=("circle", "square", "triangle", "star", "cross", "ring"),
+    classes=("circle", "square", "star", "ring", "bar"),
     image_size=(224, 320),
     objects_per_image=(1, 6),
     object_size=(0.08, 0.6),
     small_size=0.15,
-    small_fraction=0.28,
+    small_fraction=0.32,
     max_iou=0.4,
     difficult_fraction=0.08,
     difficult_size=(0.03, 0.06),
@@ -508,12 +548,17 @@ def render_image(config: SyntheticConfig, split: str, index: int) -> tuple[Image
             kind = "normal"
             if rng.random() < config.difficult_fraction:
                 kind = "tiny" if rng.random() < 0.5 else "low-contrast"
+            shape_lo, shape_hi = SHAPES[config.classes[cls]].sizes
             if kind == "tiny":
                 size_range = config.difficult_size
-            elif rng.random() < config.small_fraction:
-                size_range = (config.object_size[0], config.small_size)
+            elif rng.random() < config.small_fraction and shape_lo < config.small_size:
+                size_range = (max(config.object_size[0], shape_lo), config.small_size)
             else:
                 size_range = (config.small_size, config.object_size[1])
+            if kind != "tiny":
+                # the shape's own sizes, clipped to the range drawn (one size when they do not overlap it)
+                r0, r1 = size_range
+                size_range = (min(max(shape_lo, r0), r1), min(max(shape_hi, r0), r1))
             size = math.exp(rng.uniform(math.log(size_range[0]), math.log(size_range[1])))
             may_truncate = size >= config.small_size and rng.random() < config.truncated_fraction
             specs.append((size, cls, kind, may_truncate))
