@@ -115,14 +115,14 @@ def run_demo(
         train_data=str(data_dir / "train.json"), out_dir=str(out / "run"), device=device, workers=workers,
         progress=progress, tensorboard=False, overwrite=True, **settings,
     )  # fmt: skip
-    device_name = "cuda" if device == "auto" and torch.cuda.is_available() else device
+    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     log(f"[2/4] training the small preset for {cfg.iterations} iterations of batch {cfg.batch_size} on {device_name}")
     t0 = time.perf_counter()
     result = train(cfg, log=lambda m: log("      " + m))
     train_seconds = time.perf_counter() - t0
 
     log("[3/4] evaluating on the synthetic test split")
-    model = load_model(result.model_path, device=device_name if device_name != "auto" else "cpu")
+    model = load_model(result.model_path, device=device_name)
     evaluation = evaluate(model, indexes["test"], batch_size=32, progress=progress)
     files = {"metrics": str(out / "metrics.json"), "checkpoint": str(result.model_path)}
     (out / "metrics.json").write_text(json.dumps(evaluation.to_dict(), indent=2))
