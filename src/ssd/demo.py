@@ -80,11 +80,10 @@ def run_demo(
     dataset's setting (a :class:`~ssd.data.synthetic.SyntheticConfig`): the ablations of
     ``bench/demo_ablation.py``. The demo itself passes neither.
     """
-    import torch
-
     from ssd.checkpoint import load_model
     from ssd.data.index import build_voc_index, summary_lines
     from ssd.data.synthetic import DEMO_CONFIG, generate_synthetic
+    from ssd.device import resolve_device
     from ssd.engine import TrainConfig, train
     from ssd.errors import SSDError
     from ssd.evaluate import evaluate
@@ -115,7 +114,7 @@ def run_demo(
         train_data=str(data_dir / "train.json"), out_dir=str(out / "run"), device=device, workers=workers,
         progress=progress, tensorboard=False, overwrite=True, **settings,
     )  # fmt: skip
-    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device_name = str(resolve_device(device))  # the device train() picks for the same name
     log(f"[2/4] training the small preset for {cfg.iterations} iterations of batch {cfg.batch_size} on {device_name}")
     t0 = time.perf_counter()
     result = train(cfg, log=lambda m: log("      " + m))
