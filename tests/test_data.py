@@ -867,3 +867,20 @@ def test_extract_refuses_escaping_and_link_members(tmp_path):
     good = _write_tar(tmp_path / "good.tar", lambda t: _add(t, "a/b.txt", b"hello"))
     extract(good, into)
     assert (into / "a" / "b.txt").read_bytes() == b"hello"
+
+
+def test_cli_synthetic(tmp_path, capsys):
+    """``ssd data synthetic``: the dataset, its two indexes and the per-class table; --classes picks the shapes
+    (and their label order); a bad class is a message and exit code 2, with nothing written."""
+    out = tmp_path / "shapes"
+    args = ["data", "synthetic", "--out", str(out), "--num-trainval", "6", "--num-test", "2", "--seed", "4"]
+    assert main(args + ["--classes", "bar, dash,circle"]) == 0
+    train, test = DatasetIndex.load(out / "train.json"), DatasetIndex.load(out / "test.json")
+    assert train.classes == test.classes == ("bar", "dash", "circle")
+    assert (len(train.images), len(test.images)) == (6, 2)
+    assert (out / "VOC" / "VOC2007" / "classes.txt").read_text() == "bar\ndash\ncircle\n"
+    assert "dash" in capsys.readouterr().out
+
+    assert main(["data", "synthetic", "--out", str(tmp_path / "bad"), "--classes", "circle,blob"]) == 2
+    assert "unknown class 'blob'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -111,6 +111,8 @@ def _cmd_synthetic(args: argparse.Namespace) -> int:
 
     base = DEMO_CONFIG if args.demo else SyntheticConfig()
     changes = {k: getattr(args, k) for k in ("num_trainval", "num_test", "seed") if getattr(args, k) is not None}
+    if args.classes is not None:
+        changes["classes"] = tuple(c.strip() for c in args.classes.split(",") if c.strip())
     config = dataclasses.replace(base, **changes)
     out = Path(args.out)
     summary = generate_synthetic(out / "VOC", config, progress=True, overwrite=args.overwrite)
@@ -165,5 +167,10 @@ def register(sub) -> None:
     s.add_argument("--num-trainval", type=int, help="training images (default 2000)")
     s.add_argument("--num-test", type=int, help="test images (default 200)")
     s.add_argument("--seed", type=int, help="random seed (default 0)")
+    from ssd.data.synthetic import DEFAULT_CLASSES, SHAPES
+
+    s.add_argument("--classes", metavar="A,B,...",
+                   help=f"comma-separated shapes, in label order (default {','.join(DEFAULT_CLASSES)}; "
+                        f"available: {', '.join(SHAPES)})")  # fmt: skip
     s.add_argument("--overwrite", action="store_true", help="replace an existing synthetic dataset")
     s.set_defaults(func=_cmd_synthetic)
