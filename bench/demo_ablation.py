@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # the unchanged run first: the drops are measured against it
     changes = ["none"] + [c for c in dict.fromkeys(args.change or list(CHANGES)) if c != "none"]
-    classes = tuple(args.classes.split(",")) if args.classes else None
+    classes = tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
     data_changes = {k: v for k, v in (("classes", classes), ("num_trainval", args.train_images),
                                       ("num_test", args.test_images)) if v is not None}  # fmt: skip
     extra = {}
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": "cuda: " + torch.cuda.get_device_name() if args.device != "cpu" and torch.cuda.is_available()
         else f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
-        "data_changes": {k: list(v) if isinstance(v, tuple) else v for k, v in data_changes.items()},
+        "data_changes": data_changes,
         "iterations": args.iterations,
         "settings": extra,
         "parallel": parallel,

@@ -551,13 +551,11 @@ def render_image(config: SyntheticConfig, split: str, index: int) -> tuple[Image
             shape_lo, shape_hi = SHAPES[config.classes[cls]].sizes
             if kind == "tiny":
                 size_range = config.difficult_size
-            elif rng.random() < config.small_fraction and shape_lo < config.small_size:
-                size_range = (max(config.object_size[0], shape_lo), config.small_size)
             else:
-                size_range = (config.small_size, config.object_size[1])
-            if kind != "tiny":
+                small = rng.random() < config.small_fraction and shape_lo < config.small_size
+                r0, r1 = config.object_size
+                r0, r1 = (r0, config.small_size) if small else (config.small_size, r1)
                 # the shape's own sizes, clipped to the range drawn (one size when they do not overlap it)
-                r0, r1 = size_range
                 size_range = (min(max(shape_lo, r0), r1), min(max(shape_hi, r0), r1))
             size = math.exp(rng.uniform(math.log(size_range[0]), math.log(size_range[1])))
             may_truncate = size >= config.small_size and rng.random() < config.truncated_fraction
