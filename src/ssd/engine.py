@@ -50,8 +50,8 @@ from ssd.checkpoint import (
 )
 from ssd.config import get_preset
 from ssd.errors import SSDError
-from ssd.loss import MultiBoxLoss
 from ssd.model import SSD
+from ssd.training.step import TARGET_PAD, StepHealth, TrainStep, all_finite, make_fused, make_loss
 
 REFERENCE_BATCH = 32
 
@@ -102,6 +102,8 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     channels_last: bool | None = None  # None: on for CUDA and the CPU (ssd.device.channels_last_default)
     compile: bool = False
+    # torch.compile's mode with --compile: reduce-overhead adds CUDA graphs (the fastest step measured on a GPU).
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
 
     log_every: int = 20
     checkpoint_every: int = 2000  # iterations (at batch 32)
@@ -133,6 +135,8 @@ class TrainConfig:
             raise SSDError(f"--max-seconds must be 0 or more, got {self.max_seconds}")
         if self.optimizer not in ("sgd", "adamw"):
             raise SSDError(f"--optimizer must be sgd or adamw, not {self.optimizer!r}")
+        if self.compile_mode not in ("default", "reduce-overhead", "max-autotune-no-cudagraphs"):
+            raise SSDError(f"--compile-mode must be default, reduce-overhead or max-autotune-no-cudagraphs, not {self.compile_mode!r}")
         if self.augment not in ("ssd", "flip", "none"):
             raise SSDError(f"--augment must be ssd, flip or none, not {self.augment!r}")
         if self.device_augment and self.augment == "none":
@@ -298,8 +302,13 @@ def git_revision() -> str | None:
 # --- building blocks -----------------------------------------------------------------------------
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD (or AdamW) with biases at ``bias_lr_factor`` x the rate and no weight decay on biases."""
+def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float, fused: bool | None = None) -> torch.optim.Optimizer:
+    """SGD (or AdamW) with biases at ``bias_lr_factor`` x the rate and no weight decay on biases.
+
+    ``fused`` (default: when the parameters are on CUDA) takes PyTorch's fused kernel where it has one: one launch
+    per step, and a non-finite step skipped on the device without a host sync (:mod:`ssd.training.step`). On the
+    CPU, where a sync costs nothing, the default keeps the foreach kernels (their rounding, hence the demo's
+    figures, unchanged)."""
     biases, weights = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -308,9 +317,43 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim
         {"params": weights, "lr": lr, "weight_decay": cfg.weight_decay},
         {"params": biases, "lr": lr * cfg.bias_lr_factor, "weight_decay": 0.0},
     ]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999))
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    if fused is None:
+        fused = any(p.is_cuda for p in weights + biases)
+    cls, kw = (torch.optim.AdamW, {"betas": (cfg.momentum, 0.999)}) if cfg.optimizer == "adamw" else (torch.optim.SGD, {"momentum": cfg.momentum})
+    return make_fused(cls, groups, lr=lr, **kw) if fused else cls(groups, lr=lr, **kw)
+
+
+def make_train_step(
+    model: SSD,
+    cfg: TrainConfig,
+    lr: float,
+    amp_dtype: torch.dtype | None,
+    channels_last: bool,
+    forward: nn.Module | None = None,
+    reduce_positives: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> TrainStep:
+    """The step :func:`train` runs for ``model`` (already on its device): the loss, the optimiser, the fp16 scaler;
+    ``forward`` (default the model; its DistributedDataParallel wrapper under torchrun) and the loss compiled with
+    ``cfg.compile``, in torch.compile's ``cfg.compile_mode`` (``"reduce-overhead"``: with CUDA graphs)."""
+    device = model.priors_cxcywh.device
+    net = forward if forward is not None else model
+    mode = None if cfg.compile_mode == "default" else cfg.compile_mode
+    if cfg.compile:
+        net = torch.compile(net, mode=mode)
+    loss_fn = make_loss(model.priors_cxcywh, cfg.loc_loss, cfg.force_best_prior, compiled=cfg.compile, mode=mode)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return TrainStep(
+        net, list(model.parameters()), loss_fn, make_optimizer(model, cfg, lr), scaler, amp_dtype=amp_dtype,
+        channels_last=channels_last, grad_clip=cfg.grad_clip, reduce_positives=reduce_positives,
+        pad_targets_to=TARGET_PAD if cfg.compile else 0,
+    )  # fmt: skip
+
+
+def _sum_positives_over_ranks(num_pos: torch.Tensor) -> torch.Tensor:
+    """The loss divisor under data parallelism: the positives of all processes over their number (at least 1)."""
+    total = num_pos.detach().clone().float()
+    dist.all_reduce(total)
+    return total.clamp(min=1) / dist.get_world_size()
 
 
 def init_from_checkpoint(model: SSD, path: str) -> list[str]:
@@ -511,10 +554,14 @@ def train(
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
-    loss_fn = MultiBoxLoss(
-        model.priors_cxcywh, loc_loss=cfg.loc_loss, force_best_prior=cfg.force_best_prior
-    ).to(device)
-    optimizer = make_optimizer(model, cfg, schedule.lr)
+    forward: nn.Module = model
+    reduce_positives = None
+    if info.enabled:
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        reduce_positives = _sum_positives_over_ranks
+    step_fn = make_train_step(model, cfg, schedule.lr, amp_dtype, channels_last, forward=forward,
+                              reduce_positives=reduce_positives)  # fmt: skip
+    optimizer, scaler = step_fn.optimizer, step_fn.scaler
     # Training time of the run: "before" this start (from the checkpoint), "spent" in all, updated each step
     # and agreed across processes (their maximum), so every rank sees the same budget and learning rate.
     clock = {"before": 0.0, "spent": 0.0}
@@ -528,7 +575,6 @@ def train(
         return schedule.lr_factor(at_step, progress)
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     step = 0
     if resume_ckpt is not None:
         try:
@@ -541,11 +587,6 @@ def train(
             _set_rng_state(resume_ckpt["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"--resume {cfg.resume}: the training state is incomplete or does not fit: {e}") from None
-
-    ddp_model: nn.Module = model
-    if info.enabled:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    forward = torch.compile(ddp_model) if cfg.compile else ddp_model
 
     if cfg.augment == "none":
         transform = EvalTransform(model_config.image_size)
@@ -602,8 +643,15 @@ def train(
             f"device {device}{f' x {info.world_size}' if info.enabled else ''}, amp {amp}; run folder {run_dir}")  # fmt: skip
 
     def save_state(at_step: int) -> None:
+        """Write last.ckpt, only from a state worth resuming: no step over the budget of skipped ones, finite weights."""
+        check_health(at_step)
         if not info.is_main:
             return
+        if not all_finite(model.parameters()):
+            raise TrainingDiverged(
+                f"the weights became non-finite by step {at_step}; stopped. The last good checkpoint is "
+                f"{last_path if last_path.exists() else 'not written yet'} (try a lower --lr or --grad-clip)"
+            )
         extra = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -616,13 +664,6 @@ def train(
             extra["scaler"] = scaler.state_dict()
         atomic_torch_save(make_checkpoint(model, **extra), last_path)
 
-    def sum_positives_over_ranks(num_pos: torch.Tensor) -> torch.Tensor:
-        total = num_pos.detach().clone().float()
-        dist.all_reduce(total)
-        return total.clamp(min=1) / info.world_size
-
-    reduce_positives = sum_positives_over_ranks if info.enabled else None
-
     batches_per_epoch = sampler.batches_per_epoch()
     result = TrainResult(run_dir, step, last_path, None)
     bar = None
@@ -631,7 +672,6 @@ def train(
 
         bar = tqdm(total=schedule.iterations, initial=step, desc="train", unit="it", dynamic_ncols=True)
     log_file = open(run_dir / "log.jsonl", "a" if resume_ckpt is not None else "w") if info.is_main else None
-    nonfinite = 0
     window_images, window_start = 0, time.perf_counter()
 
     def batches():
@@ -665,6 +705,24 @@ def train(
             spent = float(t.item())
         return spent
 
+    health = StepHealth(device)
+    known_skipped = 0
+
+    def check_health(at_step: int) -> None:
+        """Read the skipped-step count (a sync): stop past ``max_nonfinite``, else say what was skipped."""
+        nonlocal known_skipped
+        count, first = health.read()
+        if count > cfg.max_nonfinite:
+            raise TrainingDiverged(
+                f"the loss or gradient became non-finite at step {first}; stopped at step {at_step}. The last good "
+                f"checkpoint is {last_path if last_path.exists() else 'not written yet'} "
+                f"(try a lower --lr, --grad-clip, or --amp none)"
+            )
+        if count > known_skipped:
+            log(f"by step {at_step}: {count} step(s) with a non-finite loss or gradient skipped "
+                f"({count}/{cfg.max_nonfinite} allowed), the first at step {first}")  # fmt: skip
+            known_skipped = count
+
     model.train()
     stream = batches()
     loop_start = time.perf_counter()
@@ -673,8 +731,7 @@ def train(
             while step < schedule.iterations:
                 if agreed(stop.requested):
                     raise _StopAtBoundary
-                optimizer.zero_grad(set_to_none=True)
-                parts = None
+                micro = []
                 for _ in range(cfg.accumulate):
                     try:
                         batch = next(stream)
@@ -684,36 +741,10 @@ def train(
                         raise
                     if batch.failed:
                         result.skipped_images += len(batch.failed)
-                    batch = batch.to(device, non_blocking=True)
-                    images = batch.images.to(memory_format=torch.channels_last) if channels_last else batch.images
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        loc_offsets, cls_logits = forward(images)
-                    out = loss_fn(loc_offsets.float(), cls_logits.float(), batch.boxes_xyxy_rel, batch.labels,
-                                  reduce_positives=reduce_positives)  # fmt: skip
-                    scaler.scale(out.total / cfg.accumulate).backward()
-                    parts = out if parts is None else type(out)(*(a + b for a, b in zip(parts, out)))
-                    window_images += images.shape[0] * info.world_size
-                scaler.unscale_(optimizer)
-                grad_norm = nn.utils.clip_grad_norm_(
-                    model.parameters(), cfg.grad_clip if cfg.grad_clip is not None else float("inf")
-                )
-                loss_finite = bool(torch.isfinite(parts.total))
-                # Under fp16 an infinite gradient is the scaler's overflow: scaler.step skips it and lowers the scale.
-                grad_finite = scaler.is_enabled() or bool(torch.isfinite(grad_norm))
-                if loss_finite and grad_finite:
-                    scaler.step(optimizer)
-                else:
-                    nonfinite += 1
-                    if nonfinite > cfg.max_nonfinite:
-                        what = "loss" if not loss_finite else "gradient"
-                        raise TrainingDiverged(
-                            f"the {what} became non-finite at step {step + 1}; stopped. The last good "
-                            f"checkpoint is {last_path if last_path.exists() else 'not written yet'} "
-                            f"(try a lower --lr, --grad-clip, or --amp none)"
-                        )
-                    log(f"step {step + 1}: non-finite loss or gradient, step skipped ({nonfinite}/{cfg.max_nonfinite})")
-                    optimizer.zero_grad(set_to_none=True)
-                scaler.update()
+                    micro.append(batch.to(device, non_blocking=True))
+                    window_images += batch.images.shape[0] * info.world_size
+                out = step_fn(micro)
+                health.record(out.skipped, step + 1)
                 clock["spent"] = time_spent()  # kept in last.ckpt: a resumed run continues the count
                 scheduler.step()
                 step += 1
@@ -721,14 +752,15 @@ def train(
                 if bar is not None:
                     bar.update(1)
                 if step % cfg.log_every == 0 or step == schedule.iterations:
+                    check_health(step)
                     elapsed = time.perf_counter() - window_start
                     speed = window_images / elapsed if elapsed > 0 else 0.0
                     window_images, window_start = 0, time.perf_counter()
-                    values = {k: float(v.detach()) / cfg.accumulate for k, v in parts._asdict().items()}
+                    values = dict(zip(out.loss._fields, torch.stack(list(out.loss)).tolist()))
                     lr = optimizer.param_groups[0]["lr"]
                     result.last_loss, result.images_per_second = values, speed
                     if info.is_main:
-                        rec = {"step": step, **values, "lr": lr, "images_per_s": speed, "grad_norm": float(grad_norm)}
+                        rec = {"step": step, **values, "lr": lr, "images_per_s": speed, "grad_norm": float(out.grad_norm)}
                         log_file.write(json.dumps(rec) + "\n")
                         log_file.flush()
                         if writer is not None:

@@ -108,7 +108,11 @@ def hard_negative_mask(cls_loss: Tensor, positives: Tensor, neg_pos_ratio: float
     At most all negatives are taken; an image without positives contributes none.
     """
     loss = cls_loss.detach().masked_fill(positives, float("-inf"))
-    rank = loss.argsort(dim=1, descending=True).argsort(dim=1)  # rank of each prior by loss
+    order = loss.argsort(dim=1, descending=True)
+    # The rank of each prior by loss: the inverse permutation of `order`, by one scatter (what a second
+    # argsort of `order` gives, without its sort).
+    positions = torch.arange(loss.shape[1], device=loss.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, positions)
     num_pos = positives.sum(dim=1, keepdim=True)
     num_neg = torch.minimum(
         (neg_pos_ratio * num_pos).to(torch.int64), positives.shape[1] - num_pos

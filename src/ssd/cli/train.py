@@ -14,7 +14,7 @@ _FIELDS = {
     "batch_size": "batch_size", "iterations": "iterations", "milestones": "milestones", "lr_decay": "lr_decay", "lr": "lr",
     "scale_lr": "scale_lr", "optimizer": "optimizer", "momentum": "momentum", "weight_decay": "weight_decay", "warmup": "warmup",
     "grad_clip": "grad_clip", "accumulate": "accumulate", "loc_loss": "loc_loss", "workers": "workers",
-    "seed": "seed", "device": "device", "amp": "amp", "channels_last": "channels_last", "compile": "compile",
+    "seed": "seed", "device": "device", "amp": "amp", "channels_last": "channels_last", "compile": "compile", "compile_mode": "compile_mode",
     "log_every": "log_every", "checkpoint_every": "checkpoint_every", "eval_every": "eval_every",
     "max_nonfinite": "max_nonfinite", "max_seconds": "max_seconds", "augment": "augment", "device_augment": "device_augment", "no_difficult": "keep_difficult",
     "image_size": "image_size", "reference_batch": "reference_batch", "overwrite": "overwrite",
@@ -127,7 +127,10 @@ def register(sub) -> None:
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), help="mixed precision (default auto: bf16 on CUDA)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels-last memory format (default: on for CUDA and the CPU)")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model and the loss")
+    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+                   help="torch.compile's mode with --compile (default: default); reduce-overhead adds CUDA graphs, "
+                   "the fastest training step measured on a GPU (docs/performance.md)")  # fmt: skip
     p.add_argument("--log-every", type=int, help=f"iterations between log records (default {d.log_every})")
     p.add_argument("--checkpoint-every", type=int, help=f"iterations between checkpoints, at batch 32 (default {d.checkpoint_every})")
     p.add_argument("--eval-every", type=int, help="evaluate --val every N iterations (at batch 32)")
