@@ -296,6 +296,45 @@ def test_unreadable_images_are_reported_and_the_others_evaluated(checkpoint, voc
     assert {0, 2} <= set(evaluation.det_image_idx.tolist())  # the others were evaluated
 
 
+def test_decoding_on_the_device_equals_the_workers_decoding_on_the_cpu(checkpoint, vocmini_test_index, tmp_path) -> None:
+    """``decode_on_device``: the workers only read the files and the evaluation device decodes and resizes. On the
+    CPU both paths run libjpeg-turbo and the same resize, so the detections are the same, bit for bit; a PNG
+    (decoded by the worker), a truncated JPEG and an empty file are handled as in the default path."""
+    from PIL import Image
+
+    good = vocmini_test_index.images[:6]
+    png = tmp_path / "as.png"
+    Image.open(good[0].file).save(png)
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(Path(good[1].file).read_bytes()[:5000])
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    extra = [ImageRecord(f"x{k}", str(f), good[k].width, good[k].height, good[k].boxes_xyxy_abs, good[k].labels,
+                         good[k].difficult) for k, f in enumerate((png, truncated, empty))]  # fmt: skip
+    index = DatasetIndex("mixed", ssd.VOC_CLASSES, [*good, *extra])
+    model = ssd.load_model(checkpoint)
+    runs = [evaluate(model, index, min_score=0.2, top_k=50, batch_size=4, workers=w, decode_on_device=on_device)
+            for on_device, w in ((False, 0), (True, 0), (True, 2))]  # fmt: skip
+    base = runs[0]
+    assert base.num_detections > 0 and len(base.failed) == 2
+    for other in runs[1:]:
+        assert np.array_equal(other.det_image_idx, base.det_image_idx) and np.array_equal(other.det_labels, base.det_labels)
+        assert np.array_equal(other.det_scores, base.det_scores)
+        assert np.array_equal(other.det_boxes_xyxy_abs, base.det_boxes_xyxy_abs)
+        assert len(other.failed) == 2 and other.settings["decode_on_device"]
+    assert set(base.det_image_idx.tolist()) >= {0, 6}  # the PNG copy of image 0 is evaluated like it
+
+    path = index.save(tmp_path / "mixed.json")
+    maps = []
+    for flag in ([], ["--decode-on-device"]):
+        status, out, err = run_cli("eval", checkpoint, "--data", path, *FAST, "--out", tmp_path / f"o{len(flag)}",
+                                   "--no-plot", *flag)  # fmt: skip
+        assert status == 1 and "Traceback" not in err  # 1: two images could not be read
+        metrics = json.loads((tmp_path / f"o{len(flag)}" / "metrics.json").read_text())
+        maps.append((metrics["mAP"], metrics["settings"]["decode_on_device"]))
+    assert maps[0][0] == maps[1][0] and [m[1] for m in maps] == [False, True]
+
+
 # ------------------------------------------------------------------------------------------------- COCO
 
 

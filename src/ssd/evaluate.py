@@ -330,7 +330,9 @@ def write_detections_dir(
 
 
 class _EvalImages(torch.utils.data.Dataset):
-    """The images of an index resized for the model; an unreadable image yields a blank one and its error."""
+    """The images of an index resized for the model, uint8 (3, S, S) (a quarter of float32's bytes through the
+    loader; ``/ 255`` on the device gives EvalTransform's values); an unreadable image yields a blank one and its
+    error."""
 
     def __init__(self, index: DatasetIndex, size: int) -> None:
         from ssd.data.transforms import EvalTransform
@@ -344,7 +346,6 @@ class _EvalImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, tuple[int, int], str | None]:
         from ssd.data.dataset import read_image
-        from ssd.data.transforms import Target
 
         record = self.index.images[i]
         try:
@@ -352,15 +353,63 @@ class _EvalImages(torch.utils.data.Dataset):
             if image.shape[-2] < 1 or image.shape[-1] < 1:
                 raise SSDError(f"{record.file}: empty image")
         except SSDError as e:
-            return torch.zeros(3, self.size, self.size), i, (record.height, record.width), str(e)
-        empty = Target(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.bool))
-        image, _ = self.transform(image, empty)
-        return image, i, (record.height, record.width), None
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), i, (record.height, record.width), str(e)
+        return self.transform.resize(image), i, (record.height, record.width), None
+
+
+class _EncodedEvalImages(_EvalImages):
+    """For decoding on the device: each image as :func:`~ssd.data.gpu_pipeline.read_encoded` gives it (a JPEG's
+    bytes, anything else decoded here), with its position, recorded size, file and error."""
+
+    def __getitem__(self, i: int):  # type: ignore[override]
+        from ssd.data.gpu_pipeline import read_encoded
+
+        record = self.index.images[i]
+        try:
+            data, encoded, hw = read_encoded(record.file)
+        except SSDError as e:
+            data, encoded, hw = torch.zeros(3, 1, 1, dtype=torch.uint8), False, (1, 1)
+            return data, encoded, hw, i, (record.height, record.width), record.file, str(e)
+        return data, encoded, hw, i, (record.height, record.width), record.file, None
 
 
 def _collate(items):
     images, idx, sizes, errors = zip(*items)
     return torch.stack(images), torch.tensor(idx, dtype=torch.int64), torch.tensor(sizes, dtype=torch.int64), errors
+
+
+def _collate_encoded(items):
+    return tuple(zip(*items))
+
+
+def _decoded_on_device(loader, transform, device: torch.device):
+    """Batches of :class:`_EncodedEvalImages` decoded (nvJPEG on CUDA) and resized on ``device``, in the form the
+    CPU loader gives: (uint8 images (N, 3, S, S), positions, recorded sizes, errors)."""
+    from ssd.data.gpu_pipeline import decode_on_device
+
+    for datas, encoded, hws, idx, sizes, files, errors in loader:
+        images = decode_on_device(datas, encoded, hws, files, device)
+        errors = list(errors)
+        resized = []
+        for k, image in enumerate(images):
+            if errors[k] is None and image is None:
+                errors[k] = f"{files[k]}: cannot decode image"
+            if errors[k] is not None:
+                image = torch.zeros(3, 1, 1, dtype=torch.uint8, device=device)
+            resized.append(transform.resize(image))
+        yield (torch.stack(resized), torch.tensor(idx, dtype=torch.int64), torch.tensor(sizes, dtype=torch.int64),
+               tuple(errors))  # fmt: skip
+
+
+def _eval_batches(index: DatasetIndex, size: int, batch_size: int, workers: int, device: torch.device, on_device: bool):
+    """(uint8 images (N, 3, S, S), positions, recorded sizes, errors) per batch, decoded by the loader's workers
+    or, with ``on_device``, on ``device``."""
+    dataset = (_EncodedEvalImages if on_device else _EvalImages)(index, size)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+        collate_fn=_collate_encoded if on_device else _collate, pin_memory=device.type == "cuda" and not on_device,
+    )  # fmt: skip
+    return _decoded_on_device(loader, dataset.transform, device) if on_device else iter(loader)
 
 
 def _unwrap(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -406,6 +455,7 @@ def evaluate(
     top_k: int = 200,
     method: APMethod = "voc07",
     progress: bool = False,
+    decode_on_device: bool | None = None,
 ) -> Evaluation:
     """Run ``model`` over the images of ``index`` and score its detections with the devkit's rules.
 
@@ -421,6 +471,10 @@ def evaluate(
         min_score, max_overlap, top_k: test-time settings (the paper's defaults).
         method: ``"voc07"`` (11-point, the paper's) or ``"voc12"`` (area).
         progress: show a tqdm progress bar (on stderr).
+        decode_on_device: decode JPEGs and resize on the evaluation device (nvJPEG on CUDA; the workers only read
+            the files). Default: on CUDA, where it was measured faster (docs/performance.md), else in the workers.
+            Other formats are decoded by the workers. A GPU's decoder and resize may round a few grey levels
+            differently from the CPU's.
 
     An image that cannot be read gets no detections (its objects count as missed) and a message in
     :attr:`Evaluation.failed`; the others are still evaluated.
@@ -441,14 +495,8 @@ def evaluate(
     use_amp = run_on.type == "cuda" if amp is None else bool(amp)
     net = runnable if run_on == home else core  # a compiled wrapper is specialised: move the bare model
 
-    loader = torch.utils.data.DataLoader(
-        _EvalImages(index, config.image_size),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=run_on.type == "cuda",
-    )
+    on_device = run_on.type == "cuda" if decode_on_device is None else bool(decode_on_device)
+    batches = _eval_batches(index, config.image_size, batch_size, workers, run_on, on_device)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -471,8 +519,8 @@ def evaluate(
         net.eval()
         priors = core.priors_cxcywh
         with torch.inference_mode():
-            for images, idx, sizes, errors in loader:
-                images = images.to(run_on, non_blocking=True)
+            for images, idx, sizes, errors in batches:
+                images = images.to(run_on, non_blocking=True).float().div_(255)
                 if nhwc:
                     images = images.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(run_on.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -519,6 +567,7 @@ def evaluate(
         "amp": "bf16" if use_amp else None,
         "image_size": int(config.image_size),
         "preset": getattr(config, "preset", None),
+        "decode_on_device": on_device,
     }
     return _make_evaluation(index, image_idx, labels.astype(np.int64), scores, boxes, method, started, settings, failed)
 

@@ -320,6 +320,11 @@ class EvalTransform:
 
     def __call__(self, image: Tensor, target: Target, rng: random.Random | None = None) -> tuple[Tensor, Target]:
         _, h, w = image.shape
-        out = TF.resize(image, [self.size, self.size], antialias=True).float() / 255.0
+        out = self.resize(image).float() / 255.0
         scale = torch.tensor([w, h, w, h], dtype=torch.float32)
         return out, Target(target.boxes.float() / scale, target.labels, target.difficult)
+
+    def resize(self, image: Tensor) -> Tensor:
+        """The uint8 image (3, H, W) resized to (3, S, S), still uint8 (``/ 255`` gives what ``__call__`` gives);
+        on any device."""
+        return TF.resize(image, [self.size, self.size], antialias=True)
