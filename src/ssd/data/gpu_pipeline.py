@@ -214,38 +214,77 @@ def collate_encoded(samples: Sequence[EncodedSample]) -> EncodedBatch:
 
 def _decode_jpegs(datas: list[Tensor], device: torch.device) -> list[Tensor | None]:
     """Decode JPEG bytes on ``device``: one call for all; when it fails, one call per image to find the culprits
-    (``None``)."""
+    (``None``). On CUDA through :func:`_isolated_decode`."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    def decode(data):
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=False)
+
+    run = _isolated_decode if device.type == "cuda" else (lambda fn, arg, _device: fn(arg))
     try:
-        return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=False))
+        return list(run(decode, datas, device))
     except RuntimeError:
         pass
     out: list[Tensor | None] = []
     for d in datas:
         try:
-            out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=False))
+            out.append(run(decode, d, device))
         except RuntimeError:
             out.append(None)
     return out
 
 
+_DECODE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _isolated_decode(decode, data, device: torch.device):
+    """``decode(data)`` (torchvision's CUDA ``decode_jpeg``) with its outputs drawn from a stream of their own.
+
+    Why: torchvision allocates the decoded images from the caller's stream's memory pool and nvJPEG writes them on
+    a private stream that is not ordered after the caller's queued work (pytorch/vision#9606). A block freed a
+    moment ago by the training step, still read by its queued kernels, can be handed to the decoder and
+    overwritten: wrong numbers far from the decoder (seen here as garbage in a training run's counters). Here the
+    outputs come from the pool of a dedicated stream, and each is marked as used by the caller's stream, so the
+    allocator gives its memory out again only after the caller's kernels that read it have run. No host sync."""
+    stream = _DECODE_STREAMS.get(device)
+    if stream is None:
+        stream = _DECODE_STREAMS[device] = torch.cuda.Stream(device)
+    current = torch.cuda.current_stream(device)
+    with torch.cuda.stream(stream):
+        out = decode(data)
+    current.wait_stream(stream)
+    for image in out if isinstance(out, list) else [out]:
+        image.record_stream(current)
+    return out
+
+
 def decode_batch(batch: EncodedBatch, device: torch.device | str) -> list[Tensor | None]:
     """Each sample's uint8 image (3, H, W) on ``device``, ``None`` for one that cannot be decoded at its
-    recorded size. JPEGs are decoded on the device in one call; a JPEG the device decoder refuses is retried
-    with the CPU decoders (:func:`~ssd.data.image.decode_image_bytes`: libjpeg-turbo, then Pillow)."""
+    recorded size (see :func:`decode_on_device`)."""
+    datas = [batch.data(k) for k in range(batch.size)]
+    return decode_on_device(datas, batch.encoded, batch.image_hw, batch.files, device)
+
+
+def decode_on_device(
+    datas: Sequence[Tensor], encoded: Sequence[bool], image_hw: Sequence[tuple[int, int]], files: Sequence[str],
+    device: torch.device | str,
+) -> list[Tensor | None]:
+    """Images on ``device`` from what :func:`read_encoded` gave: JPEG bytes (``encoded``) decoded there in one call,
+    already decoded images (3, H, W) copied there. A JPEG the device decoder refuses is retried with the CPU
+    decoders (:func:`~ssd.data.image.decode_image_bytes`: libjpeg-turbo, then Pillow); ``None`` where that fails
+    too or the result is not of the size ``image_hw`` the header gave."""
     device = torch.device(device)
-    images: list[Tensor | None] = [None] * batch.size
-    jpegs = [k for k in range(batch.size) if batch.encoded[k]]
-    for k in range(batch.size):
-        if not batch.encoded[k]:
-            images[k] = batch.data(k).to(device, non_blocking=True)
-    decoded = _decode_jpegs([batch.data(k) for k in jpegs], device) if jpegs else []
+    images: list[Tensor | None] = [None] * len(datas)
+    jpegs = [k for k in range(len(datas)) if encoded[k]]
+    for k in range(len(datas)):
+        if not encoded[k]:
+            images[k] = datas[k].to(device, non_blocking=True)
+    decoded = _decode_jpegs([datas[k] for k in jpegs], device) if jpegs else []
     for k, image in zip(jpegs, decoded):
-        expected = (3, *batch.image_hw[k])
+        expected = (3, *image_hw[k])
         if image is None or tuple(image.shape) != expected:
             try:
-                cpu = decode_image_bytes(batch.data(k).numpy().tobytes(), batch.files[k], upright=False)
+                cpu = decode_image_bytes(datas[k].numpy().tobytes(), files[k], upright=False)
                 image = cpu.to(device) if tuple(cpu.shape) == expected else None
             except SSDError:
                 image = None
