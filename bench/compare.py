@@ -9,7 +9,9 @@ warm-up; the JSON records the device, versions, flags and the counts used. Runs 
 torch, torchvision, numpy and pillow.
 
 Sections (``--only`` picks some):
-  train    training step (forward + loss + backward + SGD), fp32 and bf16 autocast
+  train    training step (forward + loss + backward + SGD), fp32 and bf16 autocast (bench/train_bench.py)
+  train_compiled  our step compiled, per --train-compile mode, bf16 on GPU
+  train_e2e  training end to end from JPEG files against the same step on tensors in memory
   forward  network forward, fp32 and bf16; torchvision as backbone + head on the same pre-normalised batch
   post     post-processing at the paper's settings on fixed synthetic head outputs with ~70 candidates per
            class per image; our output is checked identical to an exact slow reference and to torchvision's
@@ -36,9 +38,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from ssd.config import VOC_CLASSES, get_preset  # noqa: E402
-from ssd.loss import MultiBoxLoss, pad_targets  # noqa: E402
 from ssd.model import SSD  # noqa: E402
 from ssd.postprocess import postprocess  # noqa: E402
 
@@ -89,46 +91,21 @@ def random_targets(n: int, device, seed: int = 0):
 
 
 def bench_train(args, device, flags) -> dict:
-    res = {}
-    b = args.train_batch
-    images = torch.rand(b, 3, 300, 300, device=device)
-    boxes, labels = random_targets(b, device)
-    ours = SSD(get_preset("ssd300", VOC_CLASSES)).to(device).train()
-    tv = torchvision_model(device).train()
-    if flags["channels_last"]:
-        ours, tv = ours.to(memory_format=torch.channels_last), tv.to(memory_format=torch.channels_last)
-    loss_fn = MultiBoxLoss(ours.priors_cxcywh).to(device)
-    gt_boxes, gt_labels = pad_targets([x.to(device) for x in boxes], [x.to(device) for x in labels], device)
-    tv_targets = [{"boxes": bx.to(device) * 300, "labels": lb.to(device)} for bx, lb in zip(boxes, labels)]
-    tv_images = list(images)
-    opt_ours = torch.optim.SGD(ours.parameters(), lr=1e-5, momentum=0.9)
-    opt_tv = torch.optim.SGD(tv.parameters(), lr=1e-5, momentum=0.9)
-    forward_ours = torch.compile(ours) if flags["compile"] else ours
-    x_in = images.to(memory_format=torch.channels_last) if flags["channels_last"] else images
-    for dtype_name in args.dtypes:
-        dtype = {"fp32": None, "bf16": torch.bfloat16}[dtype_name]
+    import train_bench
 
-        def step_ours():
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loc, logits = forward_ours(x_in)
-            out = loss_fn(loc.float(), logits.float(), gt_boxes, gt_labels)
-            opt_ours.zero_grad(set_to_none=True)
-            out.total.backward()
-            opt_ours.step()
+    return train_bench.bench_train(args, device, flags, timed, rate, random_targets, torchvision_model)
 
-        def step_tv():
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                losses = tv(tv_images, tv_targets)
-            total = sum(losses.values())
-            opt_tv.zero_grad(set_to_none=True)
-            total.backward()
-            opt_tv.step()
 
-        for name, fn in (("ours", step_ours), ("torchvision", step_tv)):
-            res[f"{name}.{dtype_name}"] = rate(b, timed(fn, device, args.windows, args.train_iters, args.warmup))
-        res[f"ratio.{dtype_name}"] = res[f"ours.{dtype_name}"]["img_s"] / res[f"torchvision.{dtype_name}"]["img_s"]
-    res["batch"] = b
-    return res
+def bench_train_compiled(args, device, flags) -> dict:
+    import train_bench
+
+    return train_bench.bench_train_compiled(args, device, flags, timed, rate, random_targets)
+
+
+def bench_train_e2e(args, device, flags) -> dict:
+    import train_bench
+
+    return train_bench.bench_train_e2e(args, device, flags, timed, rate, _voc_index, random_targets)
 
 
 def bench_forward(args, device, flags) -> dict:
@@ -154,9 +131,39 @@ def bench_forward(args, device, flags) -> dict:
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             res[f"ours.{dtype_name}"] = rate(b, timed(lambda: f_ours(images), device, args.windows, args.infer_iters, args.warmup))
             res[f"torchvision.{dtype_name}"] = rate(b, timed(lambda: f_tv(normalised), device, args.windows, args.infer_iters, args.warmup))
+            if args.profile and device.type == "cuda":
+                res[f"profile.ours.{dtype_name}"] = kernel_time_split(lambda: f_ours(images), b)
+                res[f"profile.torchvision.{dtype_name}"] = kernel_time_split(lambda: f_tv(normalised), b)
         res[f"ratio.{dtype_name}"] = res[f"ours.{dtype_name}"]["img_s"] / res[f"torchvision.{dtype_name}"]["img_s"]
     res["batch"] = b
     return res
+
+
+CONV_KERNELS = ("conv", "cudnn", "xmma", "implicit", "gemm", "sm90_", "sm80_", "cutlass", "winograd", "fft")
+"""Kernel name parts of cuDNN's / CUTLASS's convolutions; inductor's fused ``triton_*`` kernels (whose names may
+mention the convolution they follow) are counted apart."""
+
+
+def kernel_time_split(fn, batch: int, iters: int = 5) -> dict:
+    """GPU time per image of ``fn`` by kernel kind (torch.profiler): convolutions (cuDNN / CUTLASS / GEMM kernels,
+    by name) against everything else, and the five costliest kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and getattr(e, "device_time_total", 0) > 0]
+    per_image = lambda us: us / 1000 / iters / batch  # noqa: E731  (microseconds in all -> ms per image)
+    conv = sum(e.device_time_total for e in kernels
+               if not e.key.startswith("triton") and any(k in e.key.lower() for k in CONV_KERNELS))  # fmt: skip
+    total = sum(e.device_time_total for e in kernels)
+    top = sorted(kernels, key=lambda e: -e.device_time_total)[:5]
+    return {"gpu_ms_per_image": per_image(total), "conv_ms_per_image": per_image(conv),
+            "other_ms_per_image": per_image(total - conv), "conv_share": conv / total if total else None,
+            "top": [[e.key[:90], round(per_image(e.device_time_total), 5)] for e in top]}  # fmt: skip
 
 
 def synthetic_head_outputs(n: int, priors: int, classes: int, device, seed: int = 0):
@@ -352,14 +359,27 @@ def bench_input_gpu(args, device, flags) -> dict:
     return res
 
 
-def _like_a_trained_model(model) -> None:
+def _like_a_trained_model(model, images: torch.Tensor, candidates: float) -> float:
     """Random weights score every prior near 1/C, so every prior passes the 0.01 threshold for every class
-    (8732 x 20 candidates per image), which no trained model does. Give the class heads a confident
-    background (bias +5.5 on the background channel): thousands of candidates per image above 0.01,
-    a few hundred per class, closer to a trained SSD300 at the paper's settings (the count is reported)."""
+    (8732 x 20 candidates per image), which no trained model does. Raise the class heads' background bias until
+    ``images`` (real test images, in [0, 1]) give ``candidates`` class scores above 0.01 per image on average, the
+    load of a trained SSD300 at the paper's settings (the post section's ~70 per class); returns the bias added."""
+    with torch.inference_mode():
+        logits = model(images).cls_logits.float()
+
+    def count(bias: float) -> float:
+        shifted = logits.clone()
+        shifted[..., 0] += bias
+        return float((torch.softmax(shifted, -1)[..., 1:] > 0.01).sum()) / images.shape[0]
+
+    lo, hi = 0.0, 30.0
+    for _ in range(30):  # the count falls as the background bias rises
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if count(mid) > candidates else (lo, mid)
     with torch.no_grad():
         for head in model.cls_heads:
-            head.bias.view(-1, model.num_classes)[:, 0] += 5.5
+            head.bias.view(-1, model.num_classes)[:, 0] += hi
+    return hi
 
 
 def bench_eval(args, device, flags) -> dict:
@@ -372,21 +392,24 @@ def bench_eval(args, device, flags) -> dict:
 
     records = [dataclasses.replace(r, id=f"{r.id}_{i}") for i, r in enumerate(records)]
     index = DatasetIndex("test-repeated", base.classes, records)
-    model = SSD(get_preset("ssd300", VOC_CLASSES)).eval()
-    _like_a_trained_model(model)
-    model = model.to(device)
+    model = SSD(get_preset("ssd300", VOC_CLASSES)).eval().to(device)
     if flags["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    start = time.perf_counter()
-    evaluation = evaluate(model, index, batch_size=args.infer_batch, device=device, workers=args.eval_workers,
-                          amp=device.type == "cuda")  # fmt: skip
-    with torch.inference_mode():
-        probe = torch.softmax(model(torch.rand(2, 3, 300, 300, device=device)).cls_logits.float(), -1)[..., 1:]
-        candidates = float((probe > 0.01).sum()) / 2
-    seconds = time.perf_counter() - start
-    return {"images": len(index), "seconds": seconds, "img_s": len(index) / seconds,
-            "detections_per_image": len(evaluation.det_scores) / len(index), "workers": args.eval_workers,
-            "mAP": evaluation.voc.mAP, "candidates_per_image_on_noise": candidates}
+    from ssd.data.dataset import read_image
+    from ssd.data.transforms import EvalTransform
+
+    probe = torch.stack([EvalTransform(300).resize(read_image(r.file)) for r in base.images[:16]]).to(device) / 255
+    res = {"images": len(index), "workers": args.eval_workers, "candidates_per_image": args.eval_candidates,
+           "background_bias_added": _like_a_trained_model(model, probe, args.eval_candidates)}  # fmt: skip
+    for decode in args.eval_decode:
+        sync(device)
+        start = time.perf_counter()
+        evaluation = evaluate(model, index, batch_size=args.infer_batch, device=device, workers=args.eval_workers,
+                              amp=device.type == "cuda", decode_on_device=decode == "device")  # fmt: skip
+        seconds = time.perf_counter() - start
+        res[f"decode_{decode}"] = {"seconds": seconds, "img_s": len(index) / seconds, "mAP": evaluation.voc.mAP,
+                                   "detections_per_image": len(evaluation.det_scores) / len(index)}  # fmt: skip
+    return res
 
 
 def bench_latency(args, device, flags) -> dict:
@@ -421,7 +444,7 @@ def bench_latency(args, device, flags) -> dict:
     return res
 
 
-SECTIONS = {"train": bench_train, "forward": bench_forward, "post": bench_post, "input": bench_input,
+SECTIONS = {"train": bench_train, "train_compiled": bench_train_compiled, "train_e2e": bench_train_e2e, "forward": bench_forward, "post": bench_post, "input": bench_input,
             "input_gpu": bench_input_gpu, "eval": bench_eval, "latency": bench_latency}  # fmt: skip
 
 
@@ -434,6 +457,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", nargs="*", default=None, help="fp32 and/or bf16 (default: both on GPU, fp32 on CPU)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--profile", action="store_true", help="forward: GPU time by kernel kind (convolutions, the rest)")
     p.add_argument("--windows", type=int, default=3)
     p.add_argument("--warmup", type=int, default=None)
     for name, gpu, cpu in (("train-batch", 32, 4), ("train-iters", 10, 1), ("infer-batch", 64, 8), ("infer-iters", 20, 1),
@@ -444,6 +468,20 @@ def main(argv=None) -> int:
     p.add_argument("--post-check-images", type=int, default=4, help="images checked against the slow reference")
     p.add_argument("--workers", type=int, nargs="*", default=None, help="loader workers to try (default: 2 on CPU, 16 on GPU)")
     p.add_argument("--eval-workers", type=int, default=None)
+    p.add_argument("--eval-candidates", type=float, default=1400,
+                   help="eval: class scores above 0.01 per image the model is biased to give (default 1400, a trained "
+                   "SSD300's load, as the post section's)")
+    p.add_argument("--eval-decode", nargs="*", default=["cpu"], choices=["cpu", "device"],
+                   help="eval: decode in the loader workers (cpu) and/or on the device (default cpu)")
+    p.add_argument("--train-compile", nargs="*", default=["default"], metavar="MODE",
+                   help="train_compiled: torch.compile modes of the step, bf16 on GPU (default: default)")
+    p.add_argument("--e2e-batch", type=int, default=None, help="train_e2e: batch size (default 64 on GPU, 4 on CPU)")
+    p.add_argument("--e2e-iters", type=int, default=None, help="train_e2e: iterations (default 160 on GPU, 6 on CPU)")
+    p.add_argument("--e2e-log-every", type=int, default=None, help="train_e2e: iterations per timed window")
+    p.add_argument("--e2e-voc", type=Path, help="train_e2e: train on this VOC2007 folder's train split instead")
+    p.add_argument("--e2e-batch-norm", action="store_true", help="train_e2e: SSD300 with BatchNorm (and clipping at 10)")
+    p.add_argument("--e2e-optimizer", default="sgd", choices=["sgd", "adamw"], help="train_e2e: the optimiser")
+    p.add_argument("--e2e-cpu-loader", action="store_true", help="train_e2e: decode and augment in the loader workers")
     p.add_argument("--voc", type=Path, default=None, help=f"VOCmini's VOC2007 folder (default {VOCMINI})")
     args = p.parse_args(argv)
     if args.voc is not None:
@@ -453,7 +491,7 @@ def main(argv=None) -> int:
     gpu = device.type == "cuda"
     defaults = {"train_batch": (32, 4), "train_iters": (10, 1), "infer_batch": (64, 8), "infer_iters": (20, 1),
                 "post_batch": (64, 64), "post_iters": (5, 1), "input_images": (300, 100), "loader_images": (6400, 400),
-                "eval_images": (4952, 150),
+                "eval_images": (4952, 150), "e2e_batch": (64, 4), "e2e_iters": (160, 6), "e2e_log_every": (10, 1),
                 "latency_iters": (10, 3)}  # fmt: skip
     for k, (g, c) in defaults.items():
         if getattr(args, k) is None:
@@ -502,7 +540,7 @@ def main(argv=None) -> int:
 
 def table(report: dict) -> str:
     rows = [f"device: {report['device']} | torch {report['torch']} | torchvision {report['torchvision']}"]
-    for name in ("train", "forward", "post", "input", "input_gpu", "eval", "latency"):
+    for name in SECTIONS:
         if "error" in report.get(name, {}):
             rows.append(f"{name:14} failed: {report[name]['error']}")
     report = {k: v for k, v in report.items() if not (isinstance(v, dict) and "error" in v)}
@@ -525,9 +563,24 @@ def table(report: dict) -> str:
         rows.append(f"input_gpu      on {r['device']}: "
                     + ", ".join(f"{k}: {v['img_s']:.1f} img/s" for k, v in r.items() if k.startswith("workers_"))
                     + f"; decode+render alone {r['decode_render_only']['img_s']:.1f} img/s")  # fmt: skip
+    if "train" in report:
+        rows.append(f"train    checks: {report['train']['checks']}")
+        rows += [f"train    {k}: host syncs {v['host_syncs']}" for k, v in report["train"].items() if isinstance(v, dict) and "host_syncs" in v]
+    if "train_compiled" in report:
+        r, tv = report["train_compiled"], report.get("train", {}).get("torchvision.bf16", {}).get("img_s")
+        for key in (k for k in r if k.startswith("ours_compiled_")):
+            ratio = f"{r[key]['img_s'] / tv:.2f}x torchvision bf16" if tv else "torchvision not measured"
+            rows.append(f"train    {key}: {r[key]['img_s']:9.1f} img/s ({ratio}; compile {r[key]['compile_s']} s; "
+                        f"host syncs: {r[key]['host_syncs']})")  # fmt: skip
+        rows.append(f"train    compiled checks: {r.get('checks')}")
+    if "train_e2e" in report and report["train_e2e"].get("e2e"):
+        r = report["train_e2e"]
+        rows.append(f"train_e2e      from JPEG files {r['e2e']['img_s']:.1f} img/s, the step on tensors in memory "
+                    f"{r['step_in_memory']['img_s']:.1f} img/s: {r['e2e_over_step']:.2f} (batch {r['batch']})")  # fmt: skip
     if "eval" in report:
         r = report["eval"]
-        rows.append(f"eval           {r['images']} images in {r['seconds']:.1f} s ({r['img_s']:.1f} img/s)")
+        for key in (k for k in r if k.startswith("decode_")):
+            rows.append(f"eval           {r['images']} images, {key}: {r[key]['seconds']:.1f} s ({r[key]['img_s']:.1f} img/s)")
     if "latency" in report:
         r = report["latency"]
         rows.append(f"latency        ours {r['ours_s'] * 1000:.1f} ms  torchvision {r['torchvision_s'] * 1000:.1f} ms  "

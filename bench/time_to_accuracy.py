@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     p.add_argument("--augment", default="ssd")
     p.add_argument("--workers", type=int, default=14)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile-mode", default="default", help="torch.compile's mode with --compile (reduce-overhead: CUDA graphs)")
+    p.add_argument("--device-augment", action="store_true", help="decode and augment on the GPU (ssd.data.gpu_pipeline)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
 
@@ -62,6 +64,7 @@ def main(argv=None) -> int:
         lr_decay=args.lr_decay, weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=10.0,
         batch_size=args.batch_size, reference_batch=args.batch_size, iterations=10**9, milestones=(),
         augment=args.augment, workers=args.workers, device=args.device, compile=args.compile,
+        compile_mode=args.compile_mode, device_augment=args.device_augment,
         max_seconds=args.seconds, log_every=50, checkpoint_every=10**9, progress=False, tensorboard=False,
     )  # fmt: skip
     start = time.perf_counter()
@@ -72,7 +75,7 @@ def main(argv=None) -> int:
     evaluation = evaluate(model, test_index, batch_size=64, workers=min(args.workers, 8))
     report = {
         "preset": args.preset, "recipe": {k: getattr(args, k) for k in ("batch_size", "optimizer", "lr", "lr_decay", "weight_decay",
-                                                                   "warmup", "augment", "compile")},
+                                                                   "warmup", "augment", "compile", "compile_mode", "device_augment")},
         "train_images": len(train_index), "test_images": len(test_index), "budget_s": args.seconds,
         "train_wall_s": train_seconds, "iterations": result.step,
         "train_images_per_s": result.step * args.batch_size / train_seconds,
