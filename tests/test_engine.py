@@ -161,6 +161,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp
     assert result.step == 8
 
 
+def test_a_checkpoint_is_never_written_from_non_finite_weights(tiny_data, tmp_path):
+    """An absurd rate overflows the weights in the first step, whose loss and gradient were finite: the save
+    refuses them, so no last.ckpt holds infinite weights."""
+    cfg = _cfg(tiny_data, tmp_path / "inf", lr=1e38, checkpoint_every=1, iterations=3, max_nonfinite=5)
+    with pytest.raises(TrainingDiverged, match="weights became non-finite by step 1"):
+        train(cfg, log=lambda m: None)
+    assert not (tmp_path / "inf" / "last.ckpt").exists()
+
+
 def _cli(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.Popen([sys.executable, "-m", "ssd.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
