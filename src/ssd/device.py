@@ -1,10 +1,18 @@
-"""Choosing the device: one rule for every command and API."""
+"""Choosing the device: one rule for every command and API.
+
+Importing this module does not import torch (the command line builds its help from :data:`DEVICE_HELP`)."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from ssd.errors import SSDError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_HELP = "auto (CUDA, then Apple MPS, then the CPU; the default), cpu, cuda, cuda:N or mps"
+"""The choices of every command's ``--device``, as its help text says them."""
 
 
 def resolve_device(name: str | torch.device | None = "auto", option: str = "device") -> torch.device:
@@ -13,6 +21,8 @@ def resolve_device(name: str | torch.device | None = "auto", option: str = "devi
     A CUDA device always comes back with its index (``cuda`` is the current device), so it compares equal
     to the device of a tensor on it and can be passed to ``torch.cuda.set_device``. Errors are
     :class:`SSDError` messages that start with ``option`` (e.g. ``--device``)."""
+    import torch
+
     if isinstance(name, torch.device) and not (name.type == "cuda" and name.index is None):
         return name
     if name is None or name == "auto":
@@ -51,4 +61,6 @@ def channels_last_default(device: torch.device) -> bool:
 
 def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
     """Convert ``model``'s 4-d parameters and buffers to channels-last in place (values unchanged)."""
+    import torch
+
     return model.to(memory_format=torch.channels_last)
