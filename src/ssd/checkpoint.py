@@ -66,7 +66,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 def make_checkpoint(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
     """The checkpoint dict of ``model`` (an :class:`~ssd.model.SSD`) plus plain ``extra`` entries."""
-    from ssd import __version__
+    from ssd.version import __version__
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     ckpt = {

@@ -276,7 +276,7 @@ def pick_device(name: str, info: DistInfo) -> torch.device:
 def versions() -> dict[str, str]:
     import torchvision
 
-    from ssd import __version__
+    from ssd.version import __version__
 
     return {
         "ssd": __version__,

@@ -177,7 +177,7 @@ def _require_onnxruntime() -> Any:
 
 
 def _metadata(config, batch: int | None) -> dict[str, str]:
-    from ssd import __version__
+    from ssd.version import __version__
 
     s = config.image_size
     cap = config.decode.candidates_per_class

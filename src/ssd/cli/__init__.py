@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Sequence
 
-from ssd import __version__
+from ssd.version import __version__
 from ssd.errors import SSDError
 
 COMMAND_MODULES: tuple[str, ...] = ("demo", "data", "train", "evaluate", "detect", "serve", "export", "convert")
