@@ -50,7 +50,9 @@ def main(argv=None) -> int:
     from ssd.checkpoint import load_model
     from ssd.config import VOC_CLASSES
     from ssd.data.index import build_voc_index
-    from ssd.engine import TrainConfig, train, versions
+    from ssd.training.config import TrainConfig
+    from ssd.training.log import versions
+    from ssd.training.loop import train
     from ssd.evaluate import evaluate
 
     out = Path(args.out)

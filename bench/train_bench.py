@@ -1,9 +1,9 @@
 """The training sections of bench/compare.py: the step side by side with torchvision's, the step's correctness on
 the benchmark's device, and training end to end from JPEG files against the step on tensors in memory.
 
-    train      the step ssd.engine.train runs (ssd.training.step.TrainStep: forward, loss, backward, fused SGD),
+    train      the step ssd.training.loop.train runs (ssd.training.step.TrainStep: forward, loss, backward, fused SGD),
                eager and, with --train-compile MODE..., compiled (bf16 only), against torchvision's SSD300 step
-    train_e2e  ssd.engine.train with --device-augment on VOCmini trainval repeated (full-size JPEGs, decoded on the
+    train_e2e  ssd.training.loop.train with --device-augment on VOCmini trainval repeated (full-size JPEGs, decoded on the
                device), images/s in its steady state, against the same step on a batch already in memory
 
 Both models have random weights and 21 classes; the flags (cudnn.benchmark, TF32, channels-last) are compare.py's.
@@ -21,7 +21,8 @@ import torch
 
 from ssd.config import VOC_CLASSES, get_preset
 from ssd.data.dataset import Batch
-from ssd.engine import TrainConfig, make_train_step
+from ssd.training.config import TrainConfig
+from ssd.training.setup import DistInfo, Runtime, make_train_step
 from ssd.loss import MultiBoxLoss, pad_targets
 from ssd.model import SSD
 
@@ -37,13 +38,14 @@ def _batch(images: torch.Tensor, boxes, labels) -> Batch:
 
 
 def _our_step(device, flags, dtype, cfg: TrainConfig, mode: str | None = None):
-    """A fresh SSD300 (with BatchNorm if ``cfg.batch_norm``) and the step ssd.engine.train would build for it
+    """A fresh SSD300 (with BatchNorm if ``cfg.batch_norm``) and the step ssd.training.loop.train would build for it
     (compiled with ``mode`` when given)."""
     model = SSD(get_preset("ssd300", VOC_CLASSES, batch_norm=bool(cfg.batch_norm))).to(device).train()
     if flags["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     cfg = dataclasses.replace(cfg, compile=mode is not None, compile_mode=mode or "default")
-    return make_train_step(model, cfg, cfg.lr, dtype, flags["channels_last"])
+    amp = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    return make_train_step(model, cfg, cfg.lr, Runtime(device, DistInfo(), amp, flags["channels_last"], 0))
 
 
 def host_syncs(fn, device) -> str:
@@ -170,9 +172,9 @@ def check_step(device, flags, random_targets, compile_modes) -> dict:
 
 
 def bench_train_e2e(args, device, flags, timed, rate, voc_index, random_targets) -> dict:
-    """``ssd.engine.train`` with ``device_augment`` from JPEG files, against its own step on a batch in memory."""
+    """``ssd.training.loop.train`` with ``device_augment`` from JPEG files, against its own step on a batch in memory."""
     from ssd.data.index import DatasetIndex
-    from ssd.engine import train
+    from ssd.training.loop import train
 
     if args.e2e_voc:  # e.g. VOC07train300, the time-to-accuracy data: all of its `train` split
         from ssd.data.index import build_voc_index

@@ -17,7 +17,10 @@ import torch
 from ssd import SSDError, load_checkpoint
 from ssd.data.index import DatasetIndex, build_voc_index
 from ssd.data.synthetic import SyntheticConfig, generate_synthetic
-from ssd.engine import TrainConfig, TrainingDiverged, make_optimizer, resolve_schedule, train
+from ssd.errors import TrainingDiverged
+from ssd.training.config import TrainConfig, resolve_schedule
+from ssd.training.loop import train
+from ssd.training.setup import make_optimizer
 from ssd.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]

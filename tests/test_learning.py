@@ -19,7 +19,8 @@ from PIL import Image
 from ssd.checkpoint import load_model
 from ssd.data.index import DatasetIndex, ImageRecord, build_voc_index
 from ssd.data.synthetic import SyntheticConfig, generate_synthetic
-from ssd.engine import TrainConfig, train
+from ssd.training.config import TrainConfig
+from ssd.training.loop import train
 from ssd.evaluate import evaluate
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ssd.data.dataset import Batch
-from ssd.engine import TrainConfig, make_optimizer
+from ssd.training.config import TrainConfig
+from ssd.training.setup import make_optimizer
 from ssd.loss import MultiBoxLoss, pad_targets
 from ssd.model import build_model
 from ssd.training.step import StepHealth, TrainStep, make_loss, pad_objects_to, supports_device_skip
@@ -157,12 +158,3 @@ def test_compiled_model_and_loss_give_the_eager_loss_and_gradients():
     for (name, p), q in zip(compiled.named_parameters(), eager.parameters()):
         assert float((p.grad - q.grad).norm()) <= 0.02 * float(q.grad.norm()) + 1e-9, name
 
-
-def test_compile_mode_is_one_of_torch_compiles_modes():
-    from ssd.errors import SSDError
-
-    with pytest.raises(SSDError, match="--compile-mode must be default, reduce-overhead"):
-        TrainConfig(train_data="x.json", compile_mode="fastest").validate()
-    from ssd.cli.train import _FIELDS
-
-    assert _FIELDS["compile_mode"] == "compile_mode"

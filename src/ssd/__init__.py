@@ -37,8 +37,8 @@ _EXPORTS = {
     "load_checkpoint": "ssd.checkpoint",
     "load_model": "ssd.checkpoint",
     "Detector": "ssd.detector",
-    "TrainConfig": "ssd.engine",
-    "train": "ssd.engine",
+    "TrainConfig": "ssd.training.config",
+    "train": "ssd.training.loop",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -61,7 +61,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from ssd.checkpoint import load_checkpoint, load_model, save_checkpoint
     from ssd.config import PRESETS, VOC_CLASSES, ModelConfig, PriorConfig, get_preset
     from ssd.detector import Detector
-    from ssd.engine import TrainConfig, train
+    from ssd.training.config import TrainConfig
+    from ssd.training.loop import train
     from ssd.errors import CheckpointError, SSDError
     from ssd.model import SSD, build_model
     from ssd.postprocess import Detections

@@ -84,7 +84,8 @@ def run_demo(
     from ssd.data.index import build_voc_index, summary_lines
     from ssd.data.synthetic import DEMO_CONFIG, generate_synthetic
     from ssd.device import resolve_device
-    from ssd.engine import TrainConfig, train
+    from ssd.training.config import TrainConfig
+    from ssd.training.loop import train
     from ssd.errors import SSDError
     from ssd.evaluate import evaluate
 

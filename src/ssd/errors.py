@@ -11,3 +11,11 @@ class SSDError(Exception):
 
 class CheckpointError(SSDError):
     """A checkpoint cannot be read, is not ours, or does not fit the requested model."""
+
+
+class TrainingStopped(SSDError):
+    """A training run stopped early (Ctrl-C); the state was saved unless the message says otherwise."""
+
+
+class TrainingDiverged(SSDError):
+    """The loss, the gradient or the weights became non-finite; the last good checkpoint is kept."""

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ssd.device import DEVICE_HELP
 from ssd.errors import SSDError
 
 
@@ -39,7 +40,7 @@ def register(sub) -> None:
         "detections and write a report. Needs no GPU and no internet; uses a GPU when there is one.",
     )
     p.add_argument("--out", default="ssd-demo", help="output folder (default ssd-demo)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0: the demo is compute-bound)")
     p.add_argument("--iterations", type=int, help="training iterations (default: the demo's fixed setting)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -1,24 +1,24 @@
-"""``ssd train``: the paper's recipe by default, resumable, mixed precision, multi-GPU via torchrun."""
+"""``ssd train``: the paper's recipe by default, resumable, mixed precision, multi-GPU via torchrun.
+
+The options are :class:`~ssd.training.config.TrainConfig`'s fields, one flag each, built from their declarations
+(type, choices, default, help); ``--recipe`` and ``--config`` choose sets of values. Building the parser imports
+no torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import types
+import typing
+from typing import Any
 
 from ssd.errors import SSDError
+from ssd.training.config import RECIPES, TrainConfig, field_types, flag_of
 
-# option -> TrainConfig field, for options that map one to one
-_FIELDS = {
-    "data": "train_data", "val": "val_data", "out": "out_dir", "preset": "preset", "batch_norm": "batch_norm",
-    "pretrained_base": "pretrained_base", "init_from": "init_from", "resume": "resume",
-    "batch_size": "batch_size", "iterations": "iterations", "milestones": "milestones", "lr_decay": "lr_decay", "lr": "lr",
-    "scale_lr": "scale_lr", "optimizer": "optimizer", "momentum": "momentum", "weight_decay": "weight_decay", "warmup": "warmup",
-    "grad_clip": "grad_clip", "accumulate": "accumulate", "loc_loss": "loc_loss", "workers": "workers",
-    "seed": "seed", "device": "device", "amp": "amp", "channels_last": "channels_last", "compile": "compile", "compile_mode": "compile_mode",
-    "log_every": "log_every", "checkpoint_every": "checkpoint_every", "eval_every": "eval_every",
-    "max_nonfinite": "max_nonfinite", "max_seconds": "max_seconds", "augment": "augment", "device_augment": "device_augment", "no_difficult": "keep_difficult",
-    "image_size": "image_size", "reference_batch": "reference_batch", "overwrite": "overwrite",
-}  # fmt: skip
+SET_OPTIONS = ("recipe", "config")
+"""Options that are not TrainConfig fields: they choose sets of values."""
 
 
 def _milestones(text: str) -> tuple[int, ...]:
@@ -28,41 +28,67 @@ def _milestones(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _base_type(t: Any) -> Any:
+    """``X`` for ``X | None``, else ``t``."""
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    optional = typing.get_origin(t) in (typing.Union, types.UnionType) and len(args) == 1
+    return args[0] if optional else t
+
+
+def _help(f: dataclasses.Field, t: Any) -> str:
+    """The field's help text with its default (a ``None`` default is explained by the text itself)."""
+    text = f.metadata["help"]
+    if f.default is None or f.default == "":
+        return text
+    if t is bool:
+        return f"{text} (default: {'on' if f.default else 'off'})"
+    shown = ",".join(str(v) for v in f.default) if isinstance(f.default, tuple) else f.default
+    return f"{text} (default {shown})"
+
+
+def add_field_options(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field: booleans as ``--x/--no-x``, ``Literal`` types as choices, the default in the
+    help. Unset flags stay ``None``, so that a recipe, a config file or a resumed run's own values apply."""
+    types_ = field_types()
+    for f in dataclasses.fields(TrainConfig):
+        t = _base_type(types_[f.name])
+        kw: dict[str, Any] = {"dest": f.name, "default": None, "help": _help(f, t).replace("%", "%%")}
+        if t is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(t) is typing.Literal:
+            kw["choices"] = typing.get_args(t)
+        else:
+            kw["type"] = _milestones if f.name == "milestones" else t
+            kw["metavar"] = f.metadata.get("metavar")
+        p.add_argument(flag_of(f.name), **kw)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ssd.engine import RECIPES, TrainConfig, TrainingStopped, load_config_file, train
+    from ssd.training.config import load_config_file
+    from ssd.training.loop import train
 
-    if args.preset is not None:
-        from ssd.config import PRESETS
-
-        if args.preset not in PRESETS:
-            raise SSDError(f"--preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
     values: dict = dict(RECIPES[args.recipe])
     if args.config:
         values.update(load_config_file(args.config))
-    given = {}
-    for option, field in _FIELDS.items():
-        value = getattr(args, option)
-        if value is None:
-            continue
-        if option == "no_difficult":
-            value = not value
-        given[field] = value
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
     values.update(given)
     if args.resume:
         if args.config or args.recipe != "paper":
             raise SSDError("--resume continues the saved run's configuration; --config and --recipe do not apply")
         # A resumed run keeps its configuration; only how-to-run options may change.
-        overrides = {k: v for k, v in given.items() if k not in ("resume",)}
+        overrides = {k: v for k, v in given.items() if k != "resume"}
         cfg = TrainConfig(resume=args.resume)
     else:
         overrides = None
         cfg = TrainConfig.from_dict(values)
+    from ssd.errors import TrainingStopped
+
     try:
         result = train(cfg, log=lambda m: print(m, file=sys.stderr), resume_overrides=overrides)
     except TrainingStopped as e:
         print(f"ssd: {e}", file=sys.stderr)
         return 130
-    print(f"done: {result.step} iterations; weights: {result.model_path}; full state: {result.checkpoint}")
+    print(f"done: {result.step} iterations on {result.device}; weights: {result.model_path}; full state: {result.checkpoint}")
     if result.evaluations:
         print(f"last evaluation: mAP {result.evaluations[-1]['eval_mAP']:.4f}")
     return 0
@@ -72,69 +98,13 @@ def register(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a model (the paper's recipe by default)",
-        description="Train an SSD. Iteration counts are given at batch 32 and scale by 32/B for batch B "
-        "(the resolved schedule is printed). Multi-GPU: torchrun --nproc-per-node N -m ssd.cli train ... "
+        description="Train an SSD. Iteration counts are given at the reference batch (32) and scale by 32/B for "
+        "batch B (the resolved schedule is printed). Multi-GPU: torchrun --nproc-per-node N -m ssd.cli train ... "
         "(--batch-size stays the global batch). Ctrl-C saves the state; --resume continues it exactly.",
     )
-    from ssd.engine import TrainConfig
-
-    d = TrainConfig()
-    p.add_argument("--data", help="training index from `ssd data` (e.g. data/voc/train.json)")
-    p.add_argument("--val", help="validation index, evaluated every --eval-every iterations")
-    p.add_argument("--out", help=f"run folder (default {d.out_dir})")
-    p.add_argument("--preset", help=f"model preset (default {d.preset}); see `ssd presets`")
-    p.add_argument("--recipe", choices=("paper", "scratch"), default="paper",
+    p.add_argument("--recipe", choices=tuple(RECIPES), default="paper",
                    help="paper: the paper's SGD recipe (assumes ImageNet weights); scratch: BatchNorm, "
                    "warm-up, lr 1e-2 and gradient clipping at 10, for training from random weights")  # fmt: skip
-    bn = p.add_mutually_exclusive_group()
-    bn.add_argument("--batch-norm", dest="batch_norm", action="store_true", default=None, help="BatchNorm after every convolution")
-    bn.add_argument("--no-batch-norm", dest="batch_norm", action="store_false")
-    p.add_argument("--pretrained-base", metavar="imagenet|PATH|none|auto",
-                   help="initialise the VGG16 base (default auto: ImageNet where the preset fits)")  # fmt: skip
-    p.add_argument("--init-from", metavar="CKPT", help="fine-tune from an ssd checkpoint (other class counts too)")
-    p.add_argument("--resume", metavar="CKPT", help="continue a run from its last.ckpt")
-    p.add_argument("--overwrite", action="store_true", default=None, help="start afresh in an --out folder that holds a run")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of options (TrainConfig fields)")
-    p.add_argument("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
-    p.add_argument("--iterations", type=int, help=f"iterations at the reference batch (default {d.iterations})")
-    p.add_argument("--reference-batch", type=int,
-                   help="the batch size --iterations, --milestones, --warmup and the *-every options are "
-                   f"counted at (default {d.reference_batch}: the paper's); give your batch size to count "
-                   "iterations as they run")  # fmt: skip
-    p.add_argument("--milestones", type=_milestones, help="lr / 10 at these iterations (at batch 32; default 80000,100000)")
-    p.add_argument("--lr-decay", choices=("step", "cosine"),
-                   help="step: lr / 10 at the milestones (default, the paper's); cosine: from lr to 0 over "
-                   "--iterations, or over --max-seconds when that ends first")  # fmt: skip
-    p.add_argument("--optimizer", choices=("sgd", "adamw"), help="sgd (default, the paper's) or adamw")
-    p.add_argument("--lr", type=float, help=f"learning rate (default {d.lr:g}; biases x2)")
-    p.add_argument("--scale-lr", action="store_true", default=None, help="scale the rate by batch/32")
-    p.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum})")
-    p.add_argument("--weight-decay", type=float, help=f"weight decay, not on biases (default {d.weight_decay:g})")
-    p.add_argument("--warmup", type=int, help="linear warm-up iterations (at batch 32)")
-    p.add_argument("--grad-clip", type=float, help="clip the gradient norm to this")
-    p.add_argument("--accumulate", type=int, help="gradient accumulation steps per iteration")
-    p.add_argument("--loc-loss", choices=("smooth_l1", "l1_mean"), help="localisation loss (default smooth_l1, the paper's)")
-    p.add_argument("--augment", choices=("ssd", "flip", "none"),
-                   help="ssd: the paper's augmentations (default); flip: horizontal flips only; none: resize only")  # fmt: skip
-    p.add_argument("--device-augment", action="store_true", default=None,
-                   help="decode JPEGs and augment on the training device (a GPU); loader workers only read bytes "
-                   "and draw the augmentation. For GPUs whose CPU cores cannot keep up")  # fmt: skip
-    p.add_argument("--image-size", type=int, help="input side (default: the preset's)")
-    p.add_argument("--no-difficult", action="store_true", default=None, help="leave difficult objects out of training")
-    p.add_argument("--workers", type=int, help=f"data loader processes (default {d.workers})")
-    p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), help="mixed precision (default auto: bf16 on CUDA)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels-last memory format (default: on for CUDA and the CPU)")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model and the loss")
-    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
-                   help="torch.compile's mode with --compile (default: default); reduce-overhead adds CUDA graphs, "
-                   "the fastest training step measured on a GPU (docs/performance.md)")  # fmt: skip
-    p.add_argument("--log-every", type=int, help=f"iterations between log records (default {d.log_every})")
-    p.add_argument("--checkpoint-every", type=int, help=f"iterations between checkpoints, at batch 32 (default {d.checkpoint_every})")
-    p.add_argument("--eval-every", type=int, help="evaluate --val every N iterations (at batch 32)")
-    p.add_argument("--max-seconds", type=float, help="stop (and save) after this much training time in all (a resumed run continues the count)")
-    p.add_argument("--max-nonfinite", type=int, help="skip up to N steps with a non-finite loss before stopping (default 0)")
+    add_field_options(p)
     p.set_defaults(func=_cmd_train)
-

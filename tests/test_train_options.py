@@ -1,0 +1,76 @@
+"""``ssd train``'s options: one flag per TrainConfig field, built from the field's declaration, and back."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ssd.errors import SSDError
+from ssd.training.config import RESUME_OVERRIDABLE, TrainConfig, flag_of
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _parser() -> argparse.ArgumentParser:
+    from ssd.cli.train import register
+
+    root = argparse.ArgumentParser()
+    register(root.add_subparsers())
+    return root._subparsers._group_actions[0].choices["train"]  # the `train` sub-parser
+
+
+def test_every_field_has_exactly_one_flag_and_every_flag_a_field():
+    from ssd.cli.train import SET_OPTIONS
+
+    actions = [a for a in _parser()._actions if a.dest != "help"]
+    dests = [a.dest for a in actions]
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert sorted(d for d in dests if d not in SET_OPTIONS) == sorted(fields)
+    assert len(dests) == len(set(dests))
+    for a in actions:
+        if a.dest in fields:
+            assert flag_of(a.dest) in a.option_strings
+
+
+def test_flags_follow_the_declared_types_choices_and_defaults():
+    p = _parser()
+    by_dest = {a.dest: a for a in p._actions}
+    assert by_dest["amp"].choices == ("auto", "bf16", "fp16", "none")  # from the Literal
+    assert by_dest["compile_mode"].choices == ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+    assert "--no-difficult" in by_dest["keep_difficult"].option_strings  # booleans get --x and --no-x
+    assert "(default 0.001)" in by_dest["lr"].help and "(default: on)" in by_dest["progress"].help
+    args = p.parse_args(["--data", "d.json", "--no-difficult", "--milestones", "10,20", "--compile-mode",
+                         "reduce-overhead", "--lr", "0.01"])  # fmt: skip
+    given = {k: v for k, v in vars(args).items() if v is not None and k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    cfg = TrainConfig.from_dict(given)
+    assert (cfg.train_data, cfg.keep_difficult, cfg.milestones, cfg.compile_mode, cfg.lr) == ("d.json", False, (10, 20),
+                                                                                             "reduce-overhead", 0.01)  # fmt: skip
+    assert vars(p.parse_args([]))["lr"] is None  # unset: a recipe, config file or resumed run decides
+
+
+def test_choices_are_validated_from_the_declared_types():
+    with pytest.raises(SSDError, match="--compile-mode must be default, reduce-overhead or max-autotune-no-cudagraphs"):
+        TrainConfig(train_data="x.json", compile_mode="fastest").validate()
+    with pytest.raises(SSDError, match="--optimizer must be sgd or adamw, not 'adam'"):
+        TrainConfig(train_data="x.json", optimizer="adam").validate()
+    with pytest.raises(SSDError, match="--data: file not found: missing.json"):  # the flag, not the field's name
+        TrainConfig(train_data="missing.json").validate()
+    with pytest.raises(SSDError, match="--batch-size must be at least 1, got 0"):
+        TrainConfig(train_data="x.json", batch_size=0).validate()
+
+
+def test_resume_may_change_only_how_to_run():
+    assert RESUME_OVERRIDABLE == {"iterations", "workers", "progress", "device", "log_every", "checkpoint_every",
+                                  "eval_every", "val_data", "tensorboard", "max_nonfinite", "max_seconds"}  # fmt: skip
+
+
+def test_the_train_parser_is_built_without_torch():
+    code = ("import sys, argparse; from ssd.cli.train import register; p = argparse.ArgumentParser(); "
+            "register(p.add_subparsers()); print('torch' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False"
