@@ -105,9 +105,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: refused to load: the file holds Python objects, not plain tensors and "
             f"containers ({first[:200]}). If it is the tutorial's checkpoint, convert it with "
             f"`ssd convert tutorial`."
-        ) from None
+        ) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt?): {e}") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt?): {e}") from e
     if not isinstance(ckpt, Mapping) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not an ssd checkpoint (no '{FORMAT}' marker). Tutorial or torchvision weights "
@@ -134,7 +134,7 @@ def config_from_checkpoint(ckpt: Mapping[str, Any]) -> ModelConfig:
     try:
         return ModelConfig.from_dict(ckpt["config"])
     except Exception as e:
-        raise CheckpointError(f"checkpoint configuration is invalid: {e}") from None
+        raise CheckpointError(f"checkpoint configuration is invalid: {e}") from e
 
 
 def model_from_checkpoint(ckpt: Mapping[str, Any]):

@@ -253,7 +253,7 @@ class ModelConfig:
             d["decode"] = DecodeConfig(**d.get("decode", {}))
             return cls(**d)
         except (KeyError, TypeError, ValueError) as e:
-            raise SSDError(f"invalid model configuration: {e}") from None
+            raise SSDError(f"invalid model configuration: {e}") from e
 
 
 def _to_plain(x: Any) -> Any:

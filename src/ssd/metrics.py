@@ -292,16 +292,7 @@ def match_detections(
     seg_start = np.cumsum(per_det) - per_det
     pair_obj = np.repeat(g_start[d_img] - seg_start, per_det) + np.arange(n_pairs)
 
-    db = d_boxes[pair_det]
-    gb = g_boxes[pair_obj]
-    iw = np.minimum(db[:, 2], gb[:, 2]) - np.maximum(db[:, 0], gb[:, 0]) + 1.0
-    ih = np.minimum(db[:, 3], gb[:, 3]) - np.maximum(db[:, 1], gb[:, 1]) + 1.0
-    inter = iw * ih
-    union = (db[:, 2] - db[:, 0] + 1.0) * (db[:, 3] - db[:, 1] + 1.0) + (
-        (gb[:, 2] - gb[:, 0] + 1.0) * (gb[:, 3] - gb[:, 1] + 1.0)
-    ) - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where((iw > 0) & (ih > 0), inter / union, -np.inf)
+    iou = _devkit_iou(d_boxes[pair_det], g_boxes[pair_obj])
 
     # Per detection: the best IoU and the first object reaching it.
     ovmax = np.full(n_det, -np.inf)
@@ -322,6 +313,19 @@ def match_detections(
     tp[candidate[first]] = True
     fp = ~tp & ~ignored
     return MatchResult(order=order, tp=tp, fp=fp, ignored=ignored, npos=npos)
+
+
+def _devkit_iou(db: np.ndarray, gb: np.ndarray) -> np.ndarray:
+    """The IoU of row-paired boxes ``(K, 4)`` in devkit pixels (inclusive ends: ``+ 1``), ``-inf`` where they do not
+    overlap (rule 2)."""
+    iw = np.minimum(db[:, 2], gb[:, 2]) - np.maximum(db[:, 0], gb[:, 0]) + 1.0
+    ih = np.minimum(db[:, 3], gb[:, 3]) - np.maximum(db[:, 1], gb[:, 1]) + 1.0
+    inter = iw * ih
+    union = (db[:, 2] - db[:, 0] + 1.0) * (db[:, 3] - db[:, 1] + 1.0) + (
+        (gb[:, 2] - gb[:, 0] + 1.0) * (gb[:, 3] - gb[:, 1] + 1.0)
+    ) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((iw > 0) & (ih > 0), inter / union, -np.inf)
 
 
 def precision_recall(match: MatchResult, det_scores: ArrayLike) -> PRCurve:
@@ -478,7 +482,7 @@ def read_results_dir(
         try:
             lines = path.read_text().splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise SSDError(f"{path}: cannot read results file: {exc}") from None
+            raise SSDError(f"{path}: cannot read results file: {exc}") from exc
         img: list[int] = []
         values: list[list[float]] = []
         for lineno, line in enumerate(lines, start=1):

@@ -85,5 +85,5 @@ def plot_pr_curves(voc_result: VOCResult, path: str | Path, *, title: str | None
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, format="png")
     except OSError as e:
-        raise SSDError(f"cannot write {path}: {e.strerror or e}") from None
+        raise SSDError(f"cannot write {path}: {e.strerror or e}") from e
     return path

@@ -60,9 +60,9 @@ def download(url: str, dest: Path, md5: str | None = None, progress: bool = True
         if e.code == 416 and have:  # already complete
             response = None
         else:
-            raise SSDError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
+            raise SSDError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
     except (urllib.error.URLError, OSError) as e:
-        raise SSDError(f"download of {url} failed: {getattr(e, 'reason', e)} (no internet? use --mirror)") from None
+        raise SSDError(f"download of {url} failed: {getattr(e, 'reason', e)} (no internet? use --mirror)") from e
     if response is not None:
         with response:
             resumed = response.status == 206
@@ -105,7 +105,7 @@ def extract(archive: Path, into: Path) -> None:
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(into, **safe)
     except tarfile.TarError as e:
-        raise SSDError(f"{archive}: not a readable tar archive: {e}") from None
+        raise SSDError(f"{archive}: not a readable tar archive: {e}") from e
 
 
 def download_voc(folder: str | Path, base_url: str = OFFICIAL_BASE, archives=VOC_ARCHIVES, progress: bool = True) -> Path:

@@ -86,7 +86,7 @@ def load_image(path: str | os.PathLike, upright: bool = True) -> Tensor:
     except PermissionError:
         raise SSDError(f"{p}: permission denied") from None
     except OSError as e:
-        raise SSDError(f"{p}: cannot read ({e.strerror or e})") from None
+        raise SSDError(f"{p}: cannot read ({e.strerror or e})") from e
     return decode_image_bytes(data, str(p), upright)
 
 
@@ -107,7 +107,7 @@ def decode_image_bytes(data: bytes, source: str = "image", upright: bool = True)
             with Image.open(io.BytesIO(data)):
                 pass
     except Image.DecompressionBombError as e:
-        raise SSDError(f"{p}: image too large ({e})") from None
+        raise SSDError(f"{p}: image too large ({e})") from e
     except UnidentifiedImageError as e:
         pil_error = e
     except Exception as e:  # a header Pillow cannot parse
@@ -131,7 +131,7 @@ def decode_image_bytes(data: bytes, source: str = "image", upright: bool = True)
         pass
     if pil_error is not None:
         reason = "not an image, or a format neither torchvision nor Pillow reads"
-        raise SSDError(f"{p}: {reason} ({type(pil_error).__name__})") from None
+        raise SSDError(f"{p}: {reason} ({type(pil_error).__name__})") from pil_error
     try:
         with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as im:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -148,7 +148,7 @@ def decode_image_bytes(data: bytes, source: str = "image", upright: bool = True)
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         hint = " (truncated?)" if "truncated" not in msg.lower() and isinstance(e, OSError) else ""
-        raise SSDError(f"{p}: cannot decode image{hint}: {type(e).__name__}: {msg[:200]}") from None
+        raise SSDError(f"{p}: cannot decode image{hint}: {type(e).__name__}: {msg[:200]}") from e
 
 
 def _check_size(image: Tensor, source: str) -> Tensor:

@@ -135,14 +135,14 @@ class DatasetIndex:
         except FileNotFoundError:
             raise SSDError(f"dataset index not found: {path} (make one with `ssd data voc|coco|synthetic`)") from None
         except (OSError, json.JSONDecodeError) as e:
-            raise SSDError(f"{path}: unreadable dataset index: {e}") from None
+            raise SSDError(f"{path}: unreadable dataset index: {e}") from e
         if not isinstance(payload, dict) or payload.get("format") != INDEX_FORMAT:
             raise SSDError(f"{path}: not a dataset index made by `ssd data`")
         try:
             images = [ImageRecord.from_json(d) for d in payload["images"]]
             return cls(str(payload.get("name", path.stem)), tuple(payload["classes"]), images)
         except (KeyError, TypeError, ValueError) as e:
-            raise SSDError(f"{path}: malformed dataset index: {e}") from None
+            raise SSDError(f"{path}: malformed dataset index: {e}") from e
 
 
 class _Collector:
@@ -169,11 +169,11 @@ def _image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.size
     except Image.DecompressionBombError as e:
-        raise SSDError(f"image too large (Pillow's decompression-bomb limit): {e}") from None
+        raise SSDError(f"image too large (Pillow's decompression-bomb limit): {e}") from e
     except FileNotFoundError:
         raise SSDError("image file missing") from None
     except Exception as e:  # PIL raises many types for bad files
-        raise SSDError(f"unreadable image: {type(e).__name__}: {e}") from None
+        raise SSDError(f"unreadable image: {type(e).__name__}: {e}") from e
 
 
 def _clean_objects(
@@ -314,7 +314,7 @@ def build_coco_index(
     except FileNotFoundError:
         raise SSDError(f"COCO annotation file not found: {annotations}") from None
     except (OSError, json.JSONDecodeError) as e:
-        raise SSDError(f"{annotations}: unreadable COCO JSON: {e}") from None
+        raise SSDError(f"{annotations}: unreadable COCO JSON: {e}") from e
     if not isinstance(coco, dict) or not all(k in coco for k in ("images", "annotations", "categories")):
         raise SSDError(f"{annotations}: not a COCO detection file (needs images, annotations, categories)")
     if not images_dir.is_dir():
@@ -326,7 +326,7 @@ def build_coco_index(
         label_of_name = {c: i for i, c in enumerate(classes, start=1)}
         label_of_cat = {c["id"]: label_of_name.get(c["name"]) for c in cats}
     except (KeyError, TypeError) as e:
-        raise SSDError(f"{annotations}: malformed categories (each needs an id and a name): {e!r}") from None
+        raise SSDError(f"{annotations}: malformed categories (each needs an id and a name): {e!r}") from e
     issues = _Collector(policy)
     by_image: dict[int, list[dict]] = {}
     for a in coco["annotations"]:
