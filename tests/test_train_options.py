@@ -74,3 +74,18 @@ def test_the_train_parser_is_built_without_torch():
             "register(p.add_subparsers()); print('torch' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_schedule_that_cannot_be_meant_is_refused_or_warned_about():
+    """The README's old VOCmini line: 400 iterations at the reference batch 32 are 1600 at batch 8, and the scratch
+    recipe's 500 warm-up iterations 2000: the rate never reached --lr, and the milestones lay past the end."""
+    from ssd.training.config import RECIPES, resolve_schedule
+
+    cfg = TrainConfig(train_data="x", batch_size=8, iterations=400, **RECIPES["scratch"])
+    with pytest.raises(SSDError, match="--warmup 500 resolves to 2000 iterations at batch 8, not shorter than the run "
+                                       r"\(1600\).*--reference-batch 8"):  # fmt: skip
+        resolve_schedule(cfg)
+    ok = resolve_schedule(dataclasses.replace(cfg, reference_batch=8, warmup=40))
+    assert (ok.iterations, ok.warmup) == (400, 40)
+    assert "milestones 80000, 100000 lie at or past the run's end (400 iterations" in ok.warnings()[0]
+    assert resolve_schedule(dataclasses.replace(cfg, reference_batch=8, warmup=40, milestones=(320,))).warnings() == []

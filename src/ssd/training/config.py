@@ -204,6 +204,15 @@ class Schedule:
             factor *= (step + 1) / self.warmup
         return factor
 
+    def warnings(self) -> list[str]:
+        """What in this schedule cannot be meant: milestones at or past the run's end (the rate never decays there)."""
+        late = [m for m in self.milestones if m >= self.iterations]
+        if self.decay == "step" and late:
+            return [f"milestones {', '.join(map(str, late))} lie at or past the run's end ({self.iterations} iterations "
+                    "at this batch): the rate is never divided there (lower --milestones, or give --reference-batch "
+                    "your batch size to count iterations as they run)"]  # fmt: skip
+        return []
+
     def describe(self, batch_size: int) -> str:
         if self.decay == "cosine":
             decay = "cosine decay to 0"
@@ -225,8 +234,15 @@ def resolve_schedule(cfg: TrainConfig) -> Schedule:
         return max(1, round(x * scale)) if x else 0
 
     lr = cfg.lr * (batch / cfg.reference_batch if cfg.scale_lr else 1.0)
-    return Schedule(it(cfg.iterations), tuple(it(m) for m in cfg.milestones), it(cfg.warmup), lr,
-                    it(cfg.checkpoint_every), it(cfg.eval_every), cfg.lr_decay)  # fmt: skip
+    schedule = Schedule(it(cfg.iterations), tuple(it(m) for m in cfg.milestones), it(cfg.warmup), lr,
+                        it(cfg.checkpoint_every), it(cfg.eval_every), cfg.lr_decay)  # fmt: skip
+    if schedule.warmup and schedule.warmup >= schedule.iterations:
+        raise SSDError(
+            f"--warmup {cfg.warmup} resolves to {schedule.warmup} iterations at batch {batch}, not shorter than the "
+            f"run ({schedule.iterations}): the rate would never reach --lr. Lower --warmup, or give --reference-batch "
+            f"{batch} to count iterations as they run"
+        )
+    return schedule
 
 
 def load_config_file(path: str) -> dict[str, Any]:

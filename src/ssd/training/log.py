@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -71,9 +70,9 @@ class RunLog:
             except ImportError:
                 self.pending.append("TensorBoard logs off: `pip install tensorboard` to get them")
         if progress:
-            from tqdm import tqdm
+            from ssd.progress import progress as progress_bar
 
-            self.bar = tqdm(total=total, initial=initial, desc="train", unit="it", dynamic_ncols=True, file=sys.stderr)
+            self.bar = progress_bar(total=total, initial=initial, desc="train", unit="it")
 
     def __enter__(self) -> "RunLog":
         return self

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from ssd.checkpoint import save_checkpoint
 from ssd.errors import TrainingStopped
-from ssd.training.config import TrainConfig, resolve_schedule
+from ssd.training.config import Schedule, TrainConfig, resolve_schedule
 from ssd.training.log import RunLog, git_revision, versions
 from ssd.training.setup import (
     DataStream,
@@ -53,6 +53,7 @@ class TrainResult:
     checkpoint: Path
     model_path: Path | None
     device: str = ""  # the device it trained on, e.g. "cuda:0"
+    schedule: Schedule | None = None  # the schedule resolved for the batch size, as the log's first lines say it
     last_loss: dict[str, float] = field(default_factory=dict)
     images_per_second: float = 0.0
     skipped_images: int = 0
@@ -87,7 +88,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, resume_overrides
     from ssd.data.index import DatasetIndex
 
     val_index = DatasetIndex.load(cfg.val_data) if cfg.val_data else None
-    result = TrainResult(run_dir, start_step, run_dir / "last.ckpt", None, device=str(runtime.device))
+    result = TrainResult(run_dir, start_step, run_dir / "last.ckpt", None, device=str(runtime.device), schedule=schedule)
     with RunLog(run_dir, runtime.dist.is_main, log, append=resume_ckpt is not None, total=schedule.iterations,
                 initial=start_step, progress=cfg.progress, tensorboard=cfg.tensorboard) as run_log:  # fmt: skip
         run_log.write_config({
@@ -98,6 +99,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, resume_overrides
         for note in built.notes:
             run_log.note(note)
         run_log.note(schedule.describe(cfg.batch_size * cfg.accumulate))
+        for warning in schedule.warnings():
+            run_log.note("warning: " + warning)
         run_log.note(f"training {built.config.preset} on {len(index)} images, {built.config.num_classes - 1} classes, "
                      f"device {runtime.device}{f' x {runtime.dist.world_size}' if runtime.dist.enabled else ''}, "
                      f"amp {runtime.amp}; run folder {run_dir}")  # fmt: skip
@@ -119,7 +122,7 @@ def _run_steps(cfg, schedule, runtime: Runtime, state: RunState, data: DataStrea
     """Step from ``step`` to the schedule's end (or the time budget); returns the last step. Ctrl-C stops at the
     next step boundary, saved (:class:`~ssd.errors.TrainingStopped`); a second Ctrl-C stops at once, unsaved."""
     stream = data.batches(step)
-    window = _Window()
+    window, first_step = _Window(), step  # the first step is logged too: the loss shows from the start
     state.clock.start(state.clock.before)
     try:
         with _StopRequest() as stop:
@@ -134,7 +137,7 @@ def _run_steps(cfg, schedule, runtime: Runtime, state: RunState, data: DataStrea
                 state.scheduler.step()
                 step += 1
                 run_log.advance()
-                if step % cfg.log_every == 0 or step == schedule.iterations:
+                if step % cfg.log_every == 0 or step == schedule.iterations or step == first_step + 1:
                     state.guard.check(step)
                     values = dict(zip(out.loss._fields, torch.stack(list(out.loss)).tolist()))
                     speed = window.rate()

@@ -1,0 +1,83 @@
+"""Progress display for long work, right for where it goes: a live tqdm bar on a terminal, one plain line every
+``interval`` seconds (and at the end) when the output is a file or a pipe, so a log never fills with carriage-return
+updates.
+
+    bar = progress(total=1200, desc="train", unit="it")
+    bar.update(1); bar.set_postfix(loss="3.21"); bar.close()
+
+Both kinds take the calls of a tqdm bar that the package uses: ``update``, ``set_postfix``, ``close`` and use as a
+context manager. ``SSD_PROGRESS_INTERVAL`` (seconds, default 10) sets the plain lines' spacing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+
+def progress(total: int | None, desc: str, unit: str = "it", initial: int = 0, file: TextIO | None = None,
+             leave: bool = True) -> Any:  # fmt: skip
+    """A tqdm bar when ``file`` (default stderr) is a terminal, else a :class:`PlainProgress`."""
+    file = file if file is not None else sys.stderr
+    if _is_terminal(file):
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=file, dynamic_ncols=True, leave=leave)
+    return PlainProgress(total, desc, unit, initial, file)
+
+
+def _is_terminal(file: TextIO) -> bool:
+    try:
+        return file.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed file
+        return False
+
+
+class PlainProgress:
+    """``desc: 120/1200 it (10%), 66.0 it/s, about 16 s left, loss=3.21``, one line every ``interval`` seconds."""
+
+    def __init__(self, total: int | None, desc: str, unit: str, initial: int, file: TextIO,
+                 interval: float | None = None) -> None:  # fmt: skip
+        self.total, self.desc, self.unit, self.file = total, desc, unit, file
+        self.n = self.start_n = initial
+        self.interval = interval if interval is not None else float(os.environ.get("SSD_PROGRESS_INTERVAL", "10"))
+        self.start = self.last = time.monotonic()
+        self.postfix = ""
+        self.closed = False
+
+    def __enter__(self) -> "PlainProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.monotonic() - self.last >= self.interval:
+            self._write()
+
+    def set_postfix(self, ordered_dict: dict | None = None, refresh: bool = True, **kwargs: Any) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def close(self) -> None:
+        if not self.closed:
+            self._write()
+            self.closed = True
+
+    def _write(self) -> None:
+        now = time.monotonic()
+        self.last = now
+        elapsed = now - self.start
+        rate = (self.n - self.start_n) / elapsed if elapsed > 0 else 0.0
+        parts = [f"{self.n}/{self.total} {self.unit}" if self.total else f"{self.n} {self.unit}"]
+        if self.total:
+            parts[0] += f" ({100 * self.n / self.total:.0f}%)"
+        parts.append(f"{rate:.1f} {self.unit}/s")
+        if self.total and rate > 0 and self.n < self.total:
+            parts.append(f"about {(self.total - self.n) / rate:.0f} s left")
+        if self.postfix:
+            parts.append(self.postfix)
+        print(f"{self.desc}: {', '.join(parts)}", file=self.file, flush=True)
