@@ -22,6 +22,7 @@ from torch import nn
 from conftest import GOLDENS, need, tutorial_state_spec
 from ssd import VOC_CLASSES, SSDError, build_model, get_preset, load_model
 from ssd.checkpoint import load_checkpoint
+from ssd.cli import main
 from ssd.convert import (
     coco_class_names,
     convert_torchvision,
@@ -32,6 +33,7 @@ from ssd.convert import (
     stub_name,
     torchvision_state_to_ours,
 )
+from ssd.convert.tutorial import _tutorial_parts
 from ssd.priors import priors_for
 from ssd.weights import tutorial_to_state
 
@@ -123,8 +125,6 @@ def test_tutorial_tree_loads_without_running_anything(fmt, monkeypatch):
     with pytest.raises(pickle.UnpicklingError):
         model()  # a stub is never callable
     # The module tree walks into the tutorial's state-dict names, in its order, on the CPU.
-    from ssd.convert import _tutorial_parts
-
     state, info = _tutorial_parts(tree)
     assert list(state) == [name for name, _ in tutorial_state_spec()]
     assert all(t.device.type == "cpu" and t.dtype == torch.float32 and t.numel() == 2 for t in state.values())
@@ -138,8 +138,6 @@ def test_tutorial_tree_loads_without_running_anything(fmt, monkeypatch):
 
 def test_tutorial_trees_agree():
     a, b = (restricted_load(need(TREES[fmt])) for fmt in ("zip", "legacy"))
-    from ssd.convert import _tutorial_parts
-
     (sa, ia), (sb, ib) = _tutorial_parts(a), _tutorial_parts(b)
     assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert torch.equal(ia["priors_cxcy"], ib["priors_cxcy"])
@@ -160,8 +158,6 @@ def test_pytorch_04_style_names_load(tmp_path):
     path = tmp_path / "old.pth.tar"
     path.write_bytes(data)
     assert ("torch.cuda", "FloatStorage") in _pickle_globals(path)
-    from ssd.convert import _tutorial_parts
-
     state, _ = _tutorial_parts(restricted_load(path))
     expected, _ = _tutorial_parts(restricted_load(TREES["legacy"]))
     assert list(state) == list(expected) and all(torch.equal(state[k], expected[k]) for k in state)
@@ -186,10 +182,14 @@ def _crafted_pickle(marker: Path) -> bytes:
     return b"cbuiltins\ngetattr\n(cbuiltins\n__import__\n(Vos\ntRVsystem\ntR(Vtouch " + str(marker).encode() + b"\ntR."
 
 
-def _as_zip(pkl: bytes, path: Path) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
+def _as_zip(pkl: bytes, path: Path, records: dict[str, bytes] | None = None, deflate: bool = False) -> Path:
+    """A zip checkpoint of ``pkl`` with storage ``records``, stored (as torch writes them) or deflated."""
+    compression = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
         zf.writestr("archive/data.pkl", pkl)
         zf.writestr("archive/version", "3\n")
+        for key, raw in (records or {}).items():
+            zf.writestr(f"archive/data/{key}", raw)
     return path
 
 
@@ -230,8 +230,9 @@ def test_unreadable_files_are_refused(tmp_path):
         read_tutorial_checkpoint(tmp_path / "missing.pth.tar")
     junk = tmp_path / "junk.pth.tar"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(SSDError):
+    with pytest.raises(SSDError) as refused:
         read_tutorial_checkpoint(junk)
+    assert refused.value.__cause__ is not None  # the reader's own error is kept as the cause
     # A truncated legacy file.
     good = _save({"a": torch.arange(10.0)}, tmp_path / "good.pt", "legacy")
     cut = tmp_path / "cut.pt"
@@ -239,37 +240,99 @@ def test_unreadable_files_are_refused(tmp_path):
     with pytest.raises(SSDError, match="truncated"):
         restricted_load(cut)
     # A tensor pointing outside its storage (4 floats stored, 100 claimed).
+    overrun = _storage_pickle({"0": 4}, size=(100,), legacy=False)
     with pytest.raises(SSDError, match="overruns its storage"):
-        restricted_load(_overrunning_tensor_file(tmp_path / "overrun.pt"))
+        restricted_load(_as_zip(overrun, tmp_path / "overrun.pt", records={"0": bytes(16)}))
+
+
+def test_cli_reports_an_unreadable_file_in_one_line(tmp_path, capsys):
+    junk = tmp_path / "junk.pth.tar"
+    junk.write_bytes(b"not a checkpoint at all")
+    assert main(["convert", "tutorial", str(junk), str(tmp_path / "out.ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ssd: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out.ckpt").exists()
 
 
 class _StorageRef:
-    pass
+    def __init__(self, key: str, numel: int) -> None:
+        self.key, self.numel = key, numel
 
 
-class _BadTensor:
-    pass
+class _TensorRef:
+    def __init__(self, storage: _StorageRef, size: tuple[int, ...]) -> None:
+        self.storage, self.size = storage, size
 
 
-def _overrunning_tensor_file(path: Path) -> Path:
+def _storage_pickle(declared: dict[str, int], size: tuple[int, ...] = (1,), legacy: bool = False) -> bytes:
+    """A pickle of ``{key: float tensor of size}``, the storage ``key`` declaring ``declared[key]`` elements."""
+
     class Pickler(pickle.Pickler):
         def persistent_id(self, obj):
             if isinstance(obj, _StorageRef):
-                return ("storage", torch.FloatStorage, "0", "cpu", 4)
+                pid = ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel)
+                return pid + (None,) if legacy else pid  # legacy ids carry a view
             return None
 
         def reducer_override(self, obj):
-            if isinstance(obj, _BadTensor):
-                args = (_StorageRef(), 0, (100,), (1,), False, collections.OrderedDict())
+            if isinstance(obj, _TensorRef):
+                args = (obj.storage, 0, obj.size, (1,) * len(obj.size), False, collections.OrderedDict())
                 return (torch._utils._rebuild_tensor_v2, args)
             return NotImplemented
 
     buf = io.BytesIO()
-    Pickler(buf, protocol=2).dump({"x": _BadTensor()})
-    _as_zip(buf.getvalue(), path)
-    with zipfile.ZipFile(path, "a") as zf:
-        zf.writestr("archive/data/0", bytes(16))
-    return path
+    Pickler(buf, protocol=2).dump({key: _TensorRef(_StorageRef(key, n), size) for key, n in declared.items()})
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_declared_storage_is_bounded_by_the_file_size(fmt, tmp_path):
+    def write(pkl: bytes, name: str, records: dict[str, bytes]) -> Path:
+        """The zip holds ``records`` deflated (a few bytes each); the legacy file holds no storage bytes."""
+        path = tmp_path / f"{name}.{fmt}"
+        return _as_zip(pkl, path, records, deflate=True) if fmt == "zip" else _as_legacy(pkl, path)
+
+    # One storage of 2**40 floats (4 TiB) declared by a file of a few hundred bytes: refused before any
+    # allocation (torch.load would try to allocate it).
+    huge = write(_storage_pickle({"0": 2**40}, legacy=fmt == "legacy"), "huge", {"0": b""})
+    with pytest.raises(SSDError, match="declares more storage than it holds"):
+        restricted_load(huge)
+    # Many storages, each smaller than the file, that together exceed it.
+    declared = {str(i): 256 for i in range(60)}  # 60 KiB in all
+    many = write(_storage_pickle(declared, legacy=fmt == "legacy"), "many", {k: bytes(1024) for k in declared})
+    assert many.stat().st_size < 60 * 1024
+    with pytest.raises(SSDError, match="declares more storage than it holds"):
+        restricted_load(many)
+
+
+def test_zip_records_cannot_expand_past_the_file(tmp_path):
+    # A deflated record of 8 MiB of zeros (a few KiB in the archive) declared as a storage of 2M floats.
+    bomb = _as_zip(_storage_pickle({"0": 2 << 20}), tmp_path / "bomb.pt", {"0": bytes(8 << 20)}, deflate=True)
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(SSDError, match="declares more storage than it holds"):
+        restricted_load(bomb)
+    # The same for data.pkl itself (padding after the pickle's STOP).
+    pkl = pickle.dumps({"a": 1}, protocol=2) + bytes(8 << 20)
+    big_pkl = _as_zip(pkl, tmp_path / "big_pkl.pt", deflate=True)
+    with pytest.raises(SSDError, match="declares more storage than it holds"):
+        restricted_load(big_pkl)
+    # Deflated records within the file's size still load.
+    small = _as_zip(_storage_pickle({"0": 4}), tmp_path / "small.pt", {"0": bytes(16)}, deflate=True)
+    assert torch.equal(restricted_load(small)["0"], torch.zeros(1))
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_repeated_copies_of_a_shared_container_are_bounded(fmt, tmp_path):
+    # [None] * 20000 memoised, then list(<it>) 2000 times: 40M elements copied by a 34 kB pickle.
+    n, copies = 20000, 2000
+    pkl = b"\x80\x02]q\x00(" + b"N" * n + b"ec__builtin__\nlist\nq\x01" + b"h\x01h\x00\x85R0" * copies + b"h\x00."
+    assert len(pickle.loads(pkl)) == n  # a valid pickle
+    path = (_as_zip if fmt == "zip" else _as_legacy)(pkl, tmp_path / f"copies.{fmt}")
+    with pytest.raises(SSDError, match="copies more data than the file holds"):
+        restricted_load(path)
+    # A single copy is within the budget.
+    once = b"\x80\x02]q\x00(" + b"N" * n + b"ec__builtin__\nlist\nq\x01h\x01h\x00\x85R."
+    assert restricted_load((_as_zip if fmt == "zip" else _as_legacy)(once, tmp_path / f"once.{fmt}")) == [None] * n
 
 
 def test_restricted_load_round_trips_plain_data(tmp_path):
@@ -542,6 +605,13 @@ def test_torchvision_decoding_clamps_sizes():
     theirs = coder.decode_single(offsets, anchors) / 300
     ours = cxcywh_to_xyxy(decode(offsets, priors, cfg.decode.size_clamp))
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
+
+
+def test_torchvision_splits_vgg16_at_pool4(tv_model):
+    # backbone.features is VGG16's features before pool4 (index 23); backbone.extra.0 starts with pool4.
+    assert len(tv_model.backbone.features) == 23 and isinstance(tv_model.backbone.features[22], nn.ReLU)
+    assert isinstance(tv_model.backbone.extra[0][0], nn.MaxPool2d)
+    assert [i for i, m in enumerate(tv_model.backbone.extra[0]) if isinstance(m, nn.Conv2d)] == [1, 3, 5]
 
 
 def test_torchvision_head_order_is_torchvisions(tv_model):

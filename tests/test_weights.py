@@ -5,9 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 from ssd import SSDError, build_model
-from ssd.weights import load_pretrained_base, tutorial_to_state, vgg16_to_base_state
+from ssd.weights import (
+    VGG16_CONV_NAMES,
+    VGG16_FEATURE_INDICES,
+    load_pretrained_base,
+    read_state_dict,
+    tutorial_to_state,
+    vgg16_to_base_state,
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +79,27 @@ def test_tutorial_mapping_rejects_unknown_names(tutorial_recipe_state):
     assert torch.equal(mapped["cls_heads.1.bias"], tutorial_recipe_state["pred_convs.cl_conv7.bias"])
     assert torch.equal(mapped["extras.conv9_2.weight"], tutorial_recipe_state["aux_convs.conv9_2.weight"])
     assert mapped["l2norm.weight"].shape == (512,)
+
+
+def test_vgg16_table_names_torchvisions_convolutions_and_ours(vgg_state):
+    feature_convs = sorted({int(k.split(".")[1]) for k in vgg_state if k.startswith("features.")})
+    assert feature_convs == list(VGG16_FEATURE_INDICES)
+    base = build_model("small").base
+    ours = [name for name, m in base.named_children() if isinstance(m, nn.Conv2d)]
+    assert ours == [*VGG16_CONV_NAMES, "conv6", "conv7"]
+
+
+def test_read_state_dict_unwraps_checkpoints_and_keeps_the_cause(tmp_path):
+    state = {"a.weight": torch.ones(2), "a.bias": torch.zeros(2)}
+    for key in ("model", "state_dict"):
+        torch.save({key: state, "epoch": 3}, tmp_path / f"{key}.pt")
+        got = read_state_dict(tmp_path / f"{key}.pt", "--pretrained-base")
+        assert set(got) == set(state) and all(torch.equal(got[k], state[k]) for k in state)
+    torch.save({"epoch": 3}, tmp_path / "no_tensors.pt")
+    with pytest.raises(SSDError, match="weights: .* not a state dict of tensors"):
+        read_state_dict(tmp_path / "no_tensors.pt", "torchvision weights")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(SSDError, match="--pretrained-base: cannot read") as refused:
+        read_state_dict(junk, "--pretrained-base")
+    assert refused.value.__cause__ is not None

@@ -1,7 +1,11 @@
 """Weights that enter from outside: ImageNet VGG16 for the base, and the tutorial's state dict.
 
-Nothing here runs at import or inside a constructor; downloads happen only when a user asks for
-``imagenet`` weights explicitly.
+A torchvision VGG16 state dict (``features.<i>.*`` convolutions, ``classifier.0/3`` fc6 (4096, 25088) and
+fc7 (4096, 4096)) -> our base's (``conv1_1`` .. ``conv5_3`` copied, fc6/fc7 decimated into ``conv6``
+(1024, 512, 3, 3) and ``conv7`` (1024, 1024, 1, 1)); the tutorial's state dict -> ours by renaming.
+:data:`VGG16_CONV_NAMES` / :data:`VGG16_FEATURE_INDICES` are the one table of VGG16's convolutions, also
+used by :mod:`ssd.convert`. Nothing here runs at import or inside a constructor; downloads happen only
+when a user asks for ``imagenet`` weights explicitly.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
@@ -17,11 +21,44 @@ from torch import Tensor
 from ssd.config import IMAGENET_MEAN, IMAGENET_STD
 from ssd.errors import SSDError
 
-# torchvision's vgg16 `features` indices of the 13 convolutions, in order.
-_VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-_BASE_CONV_NAMES = tuple(
+VGG16_CONV_NAMES = tuple(
     f"conv{b}_{i}" for b, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for i in range(1, n + 1)
 )
+"""VGG16's 13 convolutions by the paper's names, ``conv1_1`` .. ``conv5_3``: our base's and the tutorial's."""
+VGG16_FEATURE_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+"""Their indices in torchvision's ``vgg16().features``, in the same order."""
+
+
+def is_tensor_dict(obj: Any) -> bool:
+    """A non-empty mapping of string names to tensors: what a state dict is."""
+    return isinstance(obj, Mapping) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    )
+
+
+def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, Tensor]:
+    """A state dict from a file on the CPU, read with ``torch.load(weights_only=True)`` (nothing in it runs).
+
+    A dict holding the state dict under ``model`` or ``state_dict`` is unwrapped. ``what`` names the file
+    in errors (``--pretrained-base``, ``torchvision weights``). Raises :class:`SSDError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SSDError(f"{what}: file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a corrupt or non-torch file fails in many ways
+        raise SSDError(
+            f"{what}: cannot read {path} as a state dict ({type(err).__name__}: {str(err)[:200]})"
+        ) from err
+    if isinstance(state, Mapping):
+        for key in ("model", "state_dict"):
+            if key in state and isinstance(state[key], Mapping):
+                state = state[key]
+                break
+    if not is_tensor_dict(state):
+        raise SSDError(f"{what}: {path} is not a state dict of tensors")
+    return dict(state)
 
 
 def decimate_fc6(fc6_weight: Tensor, fc6_bias: Tensor) -> tuple[Tensor, Tensor]:
@@ -43,7 +80,7 @@ def vgg16_to_base_state(vgg_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """
     try:
         out = {}
-        for idx, name in zip(_VGG16_CONV_INDICES, _BASE_CONV_NAMES):
+        for idx, name in zip(VGG16_FEATURE_INDICES, VGG16_CONV_NAMES):
             out[f"{name}.weight"] = vgg_state[f"features.{idx}.weight"]
             out[f"{name}.bias"] = vgg_state[f"features.{idx}.bias"]
         out["conv6.weight"], out["conv6.bias"] = decimate_fc6(
@@ -67,11 +104,11 @@ def imagenet_vgg16_state() -> dict[str, Tensor]:
     weights = VGG16_Weights.IMAGENET1K_V1
     try:
         return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
-    except Exception as e:  # network errors come in many types
+    except Exception as err:  # network errors come in many types
         raise SSDError(
-            f"could not download ImageNet VGG16 weights ({type(e).__name__}: {e}). Without internet, "
+            f"could not download ImageNet VGG16 weights ({type(err).__name__}: {err}). Without internet, "
             f"download {weights.url} elsewhere and pass the file with --pretrained-base PATH"
-        ) from None
+        ) from err
 
 
 def load_pretrained_base(model, source: str | os.PathLike | None) -> list[str]:
@@ -94,15 +131,7 @@ def load_pretrained_base(model, source: str | os.PathLike | None) -> list[str]:
     if str(source) == "imagenet":
         state = imagenet_vgg16_state()
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise SSDError(f"--pretrained-base: file not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise SSDError(f"--pretrained-base: cannot read {path} as a state dict: {e}") from None
-        if isinstance(state, Mapping) and "state_dict" in state:
-            state = state["state_dict"]
+        state = read_state_dict(source, "--pretrained-base")
     model.base.load_state_dict(vgg16_to_base_state(state))
     notes = []
     if (tuple(cfg.mean), tuple(cfg.std)) != (IMAGENET_MEAN, IMAGENET_STD):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 
 
-
-
 def _cmd_tutorial(args: argparse.Namespace) -> int:
     from ssd.config import VOC_CLASSES
     from ssd.convert import convert_tutorial
@@ -49,5 +47,3 @@ def register(sub) -> None:
     v.add_argument("--weights", default="coco", help="coco (download, default) or a path to a state dict")
     v.add_argument("--classes", help="comma-separated foreground classes for a non-COCO state dict")
     v.set_defaults(func=_cmd_torchvision)
-
-
