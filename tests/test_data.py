@@ -12,6 +12,7 @@ import socket
 import tarfile
 import threading
 import xml.etree.ElementTree as ET
+from collections import namedtuple
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -30,7 +31,14 @@ from ssd.data.dataset import DetectionDataset, read_image
 from ssd.data.download import Archive, download, download_voc, extract
 from ssd.data.index import DatasetIndex, build_coco_index, build_voc_index, summary_lines
 from ssd.data.transforms import EvalTransform
-from ssd.data.voc import read_image_set
+from ssd.data.voc import (
+    parse_voc_xml,
+    read_image_set,
+    voc_pixels_to_continuous,
+    voc_xml,
+    write_image_set,
+    write_voc_xml,
+)
 from ssd.errors import SSDError
 
 settings.register_profile(
@@ -472,6 +480,61 @@ def test_mutated_xml_is_reported_never_a_crash(tmp_path_factory, text):
         assert len(r.labels) == len(r.difficult) == len(b)
     with_issue = {x.file for x in index.issues}
     assert with_issue <= {str(root / "Annotations" / f"{i}.xml"), str(root / "JPEGImages" / f"{i}.jpg")}
+
+
+# --------------------------------------------------------------------------------------------------
+# writing VOC: what is written reads back
+
+
+VOCObj = namedtuple("VOCObj", "name box difficult truncated")  # any object with these fields can be written
+
+_NAMES = st.text(alphabet="abcxyz &<>\"'-_.ä", min_size=1, max_size=12).filter(lambda n: n.strip() == n)
+
+
+@st.composite
+def voc_objects(draw, width: int, height: int) -> list:
+    objects = []
+    for _ in range(draw(st.integers(0, 4))):
+        x = sorted(draw(st.lists(st.integers(1, width), min_size=2, max_size=2)))
+        y = sorted(draw(st.lists(st.integers(1, height), min_size=2, max_size=2)))
+        objects.append(VOCObj(draw(_NAMES), (x[0], y[0], x[1], y[1]), draw(st.booleans()), draw(st.booleans())))
+    return objects
+
+
+@given(data=st.data(), width=st.integers(1, 2000), height=st.integers(1, 2000))
+def test_voc_xml_round_trip(tmp_path, data, width, height):
+    """write_voc_xml then parse_voc_xml gives back the size, names, boxes (devkit pixels in the file, continuous
+    once read), difficult flags and file name; truncated, pose and the source are in the file as the devkit
+    writes them. Names are escaped, so any text survives."""
+    objects = data.draw(voc_objects(width, height))
+    path = tmp_path / "000042.xml"
+    write_voc_xml(path, "000042", width, height, objects, database="a <test> & more")
+    ann = parse_voc_xml(path)
+    assert (ann.image_id, ann.filename, ann.width, ann.height) == ("000042", "000042.jpg", width, height)
+    assert ann.names == tuple(o.name for o in objects)
+    boxes = np.array([o.box for o in objects], dtype=float).reshape(-1, 4)
+    np.testing.assert_array_equal(ann.boxes_voc_pixels, boxes)
+    np.testing.assert_array_equal(ann.boxes_xyxy_abs, voc_pixels_to_continuous(boxes))
+    assert ann.difficult.tolist() == [o.difficult for o in objects]
+    root = ET.parse(path).getroot()
+    assert root.findtext("folder") == "VOC2007" and root.findtext("source/database") == "a <test> & more"
+    assert root.findtext("size/depth") == "3" and root.findtext("segmented") == "0"
+    assert [int(o.findtext("truncated")) for o in root.findall("object")] == [o.truncated for o in objects]
+    assert all(o.findtext("pose") == "Unspecified" for o in root.findall("object"))
+    assert path.read_text(encoding="utf-8") == voc_xml("000042", width, height, objects, database="a <test> & more")
+
+
+def test_image_set_round_trip(tmp_path):
+    """write_image_set then read_image_set gives back the ids, also from a per-class list with flags."""
+    (tmp_path / "ImageSets" / "Main").mkdir(parents=True)
+    ids = ["000001", "000007", "2008_000123"]
+    write_image_set(tmp_path, "trainval", ids)
+    write_image_set(tmp_path, "dog_trainval", ids, [1, 0, -1])
+    assert read_image_set(tmp_path, "trainval") == read_image_set(tmp_path, "dog_trainval") == ids
+    lines = (tmp_path / "ImageSets" / "Main" / "dog_trainval.txt").read_text().splitlines()
+    assert lines == ["000001  1", "000007  0", "2008_000123 -1"]  # the devkit's column layout
+    with pytest.raises(ValueError):
+        write_image_set(tmp_path, "cat_trainval", ids, [1])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
+import PIL
 import pytest
 from PIL import Image
 
@@ -70,6 +72,45 @@ def test_same_seed_is_byte_identical_and_another_seed_differs(tmp_path, small_da
     assert first.keys() == other.keys()
     jpgs = [k for k in first if k.endswith(".jpg")]
     assert all(first[k] != other[k] for k in jpgs)
+
+
+def digest(root: Path) -> str:
+    """sha256 over every file under ``root``: its relative path and the sha256 of its bytes, in path order."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(f"{p.relative_to(root).as_posix()}\n".encode())
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+# Digests of two tiny datasets as the generator wrote them before it was split into parts (2026-12-04, numpy
+# 2.4.6, Pillow 13.0.0): every JPEG, XML, image set, classes.txt and synthetic.json, byte for byte. The demo's
+# mAP is measured on this generator's output, so a change here changes the demo. The JPEG bytes (Pillow's
+# encoder) and the float32 maths (numpy) may differ under other versions; there the pin cannot be compared.
+PINNED_VERSIONS = {"numpy": "2.4.6", "Pillow": "13.0.0"}
+PINNED = {
+    # all twelve shapes, with empty images, difficult and truncated objects
+    "every shape": (
+        SyntheticConfig(num_trainval=6, num_test=3, classes=tuple(SHAPES), empty_fraction=0.1, seed=7),
+        "9414b4a93a1433f20be29367df74c7831840d8330f04b148545cd30d28703c82",
+    ),
+    # the first four trainval and test images of the demo (the same images as in the full demo dataset)
+    "demo": (
+        dataclasses.replace(DEMO_CONFIG, num_trainval=4, num_test=4),
+        "d1c97a06a03e1b5c9d4ec3b17ce8db9fe5e928d19a2955a166fdc1b0a2b5cc1f",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(PINNED))
+def test_generated_files_are_pinned_byte_for_byte(tmp_path, name):
+    versions = {"numpy": np.__version__, "Pillow": PIL.__version__}
+    if versions != PINNED_VERSIONS:
+        pytest.skip(f"digests pinned under {PINNED_VERSIONS}, running {versions}")
+    config, expected = PINNED[name]
+    generate_synthetic(tmp_path, config)
+    assert digest(tmp_path) == expected, "the synthetic data changed: the demo's data (and mAP) would change too"
 
 
 def test_image_content_does_not_depend_on_split_sizes(tmp_path, small_dataset):
@@ -225,7 +266,7 @@ def test_bars_need_the_forced_match(demo_sample):
 
 def test_dash_is_a_bar_in_segments():
     """A dash: 3-4 equal segments with gaps, spanning the whole box, along either axis."""
-    from ssd.data.synthetic import _dash
+    from ssd.data.synthetic.shapes import _dash
 
     orientations = set()
     for seed in range(40):

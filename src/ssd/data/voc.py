@@ -1,4 +1,9 @@
-"""Pascal VOC annotations: XML parsing, image-set lists and the pixel convention.
+"""Pascal VOC annotations: XML reading and writing, image-set lists and the pixel convention.
+
+Reading: ``<voc_root>/ImageSets/Main/<split>.txt`` -> :func:`read_image_set` (ids) -> ``Annotations/<id>.xml`` ->
+:func:`parse_voc_xml` -> :class:`VOCAnnotation` (boxes ``(M, 4)`` continuous). Writing, the inverse for a dataset
+this package makes: objects with devkit boxes -> :func:`write_voc_xml` (the VOC2007 file layout) and
+:func:`write_image_set`; what is written reads back unchanged.
 
 Pixel convention (the one place it is stated)
 ---------------------------------------------
@@ -23,7 +28,8 @@ import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
+from xml.sax.saxutils import escape
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -35,6 +41,10 @@ __all__ = [
     "parse_voc_xml",
     "read_image_set",
     "read_annotations",
+    "VOCObject",
+    "voc_xml",
+    "write_voc_xml",
+    "write_image_set",
     "voc_pixels_to_continuous",
     "continuous_to_voc_pixels",
 ]
@@ -202,3 +212,88 @@ def read_annotations(voc_root: str | Path, image_ids: Sequence[str]) -> list[VOC
     """Parse ``<voc_root>/Annotations/<id>.xml`` for each id, in order."""
     ann_dir = Path(voc_root) / "Annotations"
     return [parse_voc_xml(ann_dir / f"{image_id}.xml") for image_id in image_ids]
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+class VOCObject(Protocol):
+    """What :func:`voc_xml` needs of an object: class name, devkit box ``(xmin, ymin, xmax, ymax)`` (1-based
+    inclusive pixels) and the two flags."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def box(self) -> tuple[int, int, int, int]: ...
+
+    @property
+    def difficult(self) -> bool: ...
+
+    @property
+    def truncated(self) -> bool: ...
+
+
+def _object_xml(obj: VOCObject) -> list[str]:
+    xmin, ymin, xmax, ymax = obj.box
+    return [
+        "\t<object>",
+        f"\t\t<name>{escape(obj.name)}</name>",
+        "\t\t<pose>Unspecified</pose>",
+        f"\t\t<truncated>{int(obj.truncated)}</truncated>",
+        f"\t\t<difficult>{int(obj.difficult)}</difficult>",
+        "\t\t<bndbox>",
+        f"\t\t\t<xmin>{xmin}</xmin>",
+        f"\t\t\t<ymin>{ymin}</ymin>",
+        f"\t\t\t<xmax>{xmax}</xmax>",
+        f"\t\t\t<ymax>{ymax}</ymax>",
+        "\t\t</bndbox>",
+        "\t</object>",
+    ]
+
+
+def voc_xml(
+    image_id: str, width: int, height: int, objects: Sequence[VOCObject], *, database: str, folder: str = "VOC2007"
+) -> str:
+    """The VOC annotation of one image ``<image_id>.jpg`` of ``width x height`` RGB pixels, tab-indented as
+    the VOC2007 files are: folder, filename, source database, size, ``segmented`` 0, and per object its name,
+    pose ``Unspecified``, truncated and difficult flags and devkit box. Text is XML-escaped."""
+    lines = [
+        "<annotation>",
+        f"\t<folder>{escape(folder)}</folder>",
+        f"\t<filename>{escape(image_id)}.jpg</filename>",
+        "\t<source>",
+        f"\t\t<database>{escape(database)}</database>",
+        "\t</source>",
+        "\t<size>",
+        f"\t\t<width>{width}</width>",
+        f"\t\t<height>{height}</height>",
+        "\t\t<depth>3</depth>",
+        "\t</size>",
+        "\t<segmented>0</segmented>",
+    ]
+    for obj in objects:
+        lines += _object_xml(obj)
+    lines.append("</annotation>")
+    return "\n".join(lines) + "\n"
+
+
+def write_voc_xml(
+    path: str | Path, image_id: str, width: int, height: int, objects: Sequence[VOCObject], *, database: str,
+    folder: str = "VOC2007",
+) -> None:  # fmt: skip
+    """Write :func:`voc_xml` to ``path`` (UTF-8); :func:`parse_voc_xml` reads it back. Raises OSError."""
+    text = voc_xml(image_id, width, height, objects, database=database, folder=folder)
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def write_image_set(voc_root: str | Path, name: str, ids: Sequence[str], flags: Sequence[int] | None = None) -> None:
+    """Write ``<voc_root>/ImageSets/Main/<name>.txt``: one id a line, or with ``flags`` the devkit's per-class
+    form ``<id> <flag>`` (1: a non-difficult object of the class, 0: only difficult ones, -1: none; ``name`` is
+    then ``<class>_<split>``). :func:`read_image_set` reads the ids back. Raises OSError."""
+    path = Path(voc_root) / "ImageSets" / "Main" / f"{name}.txt"
+    if flags is None:
+        text = "".join(f"{i}\n" for i in ids)
+    else:
+        text = "".join(f"{i} {p:2d}\n" for i, p in zip(ids, flags, strict=True))
+    path.write_text(text, encoding="utf-8")
