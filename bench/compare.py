@@ -418,7 +418,7 @@ def bench_latency(args, device, flags) -> dict:
     from ssd.detector import Detector
 
     path = sorted((VOCMINI / "JPEGImages").glob("*.jpg"))[0]
-    ours = Detector(SSD(get_preset("ssd300", VOC_CLASSES)).eval(), device="cpu")
+    ours = Detector(SSD(get_preset("ssd300", VOC_CLASSES)).eval(), device="cpu", owns_model=True)
     tv = torchvision_model(torch.device("cpu")).eval()
 
     def run_tv():

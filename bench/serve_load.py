@@ -88,7 +88,7 @@ def main() -> None:
 
     import ssd
     from ssd.detector import Detector
-    from ssd.serve import create_app
+    from ssd.serve import ServeLimits, create_app
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint
@@ -108,7 +108,7 @@ def main() -> None:
         (f"batched (window {args.batch_window_ms:g} ms, max batch {args.max_batch})", args.batch_window_ms, args.max_batch),
         ("one at a time (window 0, max batch 1)", 0.0, 1),
     ):
-        app = create_app(detector, batch_window_ms=window, max_batch=max_batch, queue_size=max(64, args.clients * 2))
+        app = create_app(detector, ServeLimits(batch_window_ms=window, max_batch=max_batch, queue_size=max(64, args.clients * 2)))
         rps, stats = run_load(app, datas, args.requests, args.clients)
         rows.append((label, rps, stats))
         print(f"{label:<48} {rps:8.1f} requests/s   mean batch {stats['mean_batch']:.2f}, largest {stats['max_batch_seen']}", flush=True)

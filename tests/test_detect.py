@@ -23,7 +23,8 @@ from PIL import Image, ImageOps
 import ssd.cli
 from conftest import VOCMINI, need
 from ssd.checkpoint import save_checkpoint
-from ssd.detector import DEFAULTS, Detector, ImageDetections, load_image
+from ssd.detector import Detector, ImageDetections, load_image
+from ssd.settings import DetectSettings
 from ssd.errors import SSDError
 from ssd.model import build_model
 from ssd.visualize import PALETTE, class_color, draw_detections, style_for_size, text_color
@@ -188,7 +189,7 @@ def test_cli_end_to_end_messy_folder(checkpoint, detector, messy_folder, tmp_pat
             x1, y1, x2, y2 = d["box"]
             assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h, (rel, d)
             assert d["class_name"] == detector.class_names[d["label"] - 1]
-            assert DEFAULTS["min_score"] < d["score"] <= 1
+            assert DetectSettings().min_score < d["score"] <= 1
             n_boxes += 1
     assert n_boxes > 20  # the scaled head gives detections on the real photos
     for rel in ("street scene.jpg", "café ünïcødé.jpg", "rotated.jpg"):
@@ -300,20 +301,50 @@ def test_cli_bad_checkpoint_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_parser_defaults_match_detector(monkeypatch):
+    """The options come from DetectSettings' fields: the same defaults, help texts and one device help."""
     import argparse
 
     from ssd.cli import detect as detect_cli
+    from ssd.device import DEVICE_HELP
+    from ssd.settings import help_with_default
 
     parser = argparse.ArgumentParser()
-    detect_cli.register(parser.add_subparsers())
+    sub = parser.add_subparsers()
+    detect_cli.register(sub)
     args = parser.parse_args(["detect", "c.pt", "x.jpg"])
     assert (args.min_score, args.max_overlap, args.top_k, args.batch_size) == (0.2, 0.5, 200, 8)
     assert (args.device, args.out, args.json, args.suppress, args.onnx) == ("auto", "detections", None, [], None)
-    import inspect
+    d = DetectSettings()
+    assert (args.min_score, args.max_overlap, args.top_k, args.batch_size) == (d.min_score, d.max_overlap, d.top_k, d.batch_size)
+    helps = {a.dest: a.help for a in sub.choices["detect"]._actions}
+    assert helps["device"] == DEVICE_HELP
+    for name in ("min_score", "max_overlap", "top_k", "batch_size"):
+        assert helps[name] == help_with_default(name, d) and f"(default {getattr(d, name):g})" in helps[name]
+    assert Detector.from_checkpoint.__defaults__ == ("auto", None)  # device, settings: no copied setting defaults
 
-    sig = inspect.signature(Detector.from_checkpoint).parameters
-    assert {k: sig[k].default for k in ("min_score", "max_overlap", "top_k", "batch_size")} == DEFAULTS
-    assert sig["device"].default == "auto" and sig["suppress"].default == ()
+
+def test_detect_settings_are_validated_on_construction():
+    d = DetectSettings()
+    assert (d.min_score, d.max_overlap, d.top_k, d.suppress, d.batch_size) == (0.2, 0.5, 200, (), 8)
+    paper = DetectSettings.for_evaluation()
+    assert (paper.min_score, paper.max_overlap, paper.top_k, paper.batch_size) == (0.01, 0.45, 200, 32)
+    assert d.replace(top_k=3, suppress="car") == DetectSettings(top_k=3, suppress=("car",))
+    assert d.replace(suppress=["a", "b"]).suppress == ("a", "b") and d.replace() is d
+    for bad, name in [(dict(min_score=1.5), "min_score"), (dict(min_score=float("inf")), "min_score"),
+                      (dict(max_overlap=float("nan")), "max_overlap"), (dict(max_overlap=-0.1), "max_overlap"),
+                      (dict(top_k=0), "top_k"), (dict(top_k=2.0), "top_k"), (dict(top_k=True), "top_k"),
+                      (dict(batch_size=0), "batch_size"), (dict(suppress=[3]), "suppress"),
+                      (dict(min_score="0.2"), "min_score")]:  # fmt: skip
+        with pytest.raises(SSDError, match=f"^{name} must be") as e:
+            DetectSettings(**bad)
+        assert "\n" not in str(e.value)
+    with pytest.raises(TypeError, match="unknown setting 'min_scor'"):
+        d.replace(min_scor=0.1)
+    with pytest.raises(SSDError, match="^suppress: unknown class 'unicorn'"):
+        DetectSettings(suppress=("unicorn",)).check_model(("cat", "dog"))
+    with pytest.raises(SSDError, match="^--top-k must be at most the model's 100 priors"):
+        DetectSettings(top_k=101).check_model(("cat",), 100, prefix="--")
+    assert DetectSettings(top_k=100).check_model(("cat",), 100).top_k == 100
 
 
 # --- the Python detector -------------------------------------------------------------------------
@@ -375,7 +406,7 @@ def test_grey_inputs_and_batches_of_mixed_sizes(detector, tmp_path):
 def test_overrides_suppress_and_to_dict(detector):
     path = voc_image(0)
     ref = detector(path)
-    assert 0 < len(detector(path, min_score=0.25)) < len(ref) < DEFAULTS["top_k"]
+    assert 0 < len(detector(path, min_score=0.25)) < len(ref) < DetectSettings().top_k
     top = ref.class_names[0]
     sup = detector(path, suppress=[top])
     assert top not in sup.class_names
@@ -402,13 +433,18 @@ def test_overrides_suppress_and_to_dict(detector):
 def test_detector_on_a_model_and_bad_inputs(checkpoint, tmp_path):
     from ssd.checkpoint import load_model
 
+    from ssd.placement import is_channels_last
+
     model = load_model(checkpoint).train()
+    model.extras.eval()  # a mixed mode survives too
     det = Detector(model, min_score=0.3)
-    assert model.training  # left as it was
-    assert det.device == torch.device("cpu")
+    assert model.training and not model.extras.training  # left as it was
+    assert det.device == torch.device("cpu") and not det.owns_model
     ref = Detector.from_checkpoint(checkpoint, device="cpu")(voc_image(0), min_score=0.3)
     same(det(voc_image(0)), ref)
-    model.train()  # the detector runs the model in eval mode, and leaves its mode as it was
+    # The detector runs the model in eval mode, channels-last on the CPU, and puts it back as it was.
+    assert model.training and not model.extras.training
+    assert not is_channels_last(model) and next(model.parameters()).device == torch.device("cpu")
     same(det(voc_image(0)), ref)
     assert model.training
     for bad, match in [
@@ -429,6 +465,27 @@ def test_detector_on_a_model_and_bad_inputs(checkpoint, tmp_path):
         Detector.from_checkpoint(checkpoint, device="tpu")
     with pytest.raises(SSDError, match="max_overlap"):
         Detector.from_checkpoint(checkpoint, device="cpu", max_overlap=-1)
+    with pytest.raises(SSDError, match="top_k must be at most"):
+        det(voc_image(0), top_k=model.config.num_priors + 1)
+    owned = Detector.from_checkpoint(checkpoint, "cpu", DetectSettings(min_score=0.3))
+    assert owned.owns_model and is_channels_last(owned.model) and not owned.model.training  # placed once, for good
+    same(owned(voc_image(0)), ref)
+
+
+def test_public_steps_are_what_a_call_runs(detector):
+    """prepare -> run_batch -> finish, with settings per image (as the service batches requests): each image's
+    detections are those of a call with its settings."""
+    paths = [voc_image(i) for i in range(3)]
+    prepared = [detector.prepare(p, source=f"img{i}") for i, p in enumerate(paths)]
+    assert prepared[0].pixels.shape == (3, detector.image_size, detector.image_size)
+    assert prepared[0].image_size == (375, 500) and prepared[1].source == "img1"
+    settings = [detector.resolve(), detector.resolve(min_score=0.25, top_k=5, suppress=["person"]), detector.resolve()]
+    got = detector.finish(detector.run_batch(prepared), prepared, settings)
+    assert [g.source for g in got] == ["img0", "img1", "img2"]
+    for p, s, g in zip(paths, settings, got):
+        same(g, detector(p, min_score=s.min_score, top_k=s.top_k, suppress=s.suppress))
+    with pytest.raises(TypeError, match="unknown setting"):
+        detector.resolve(batch=3)
 
 
 # --- images that are not plain RGB JPEGs ---------------------------------------------------------

@@ -141,6 +141,14 @@ def test_parser_defaults_are_the_papers(checkpoint) -> None:
     args = parser.parse_args(["eval", str(checkpoint), "--data", "x.json"])
     assert (args.min_score, args.max_overlap, args.top_k, args.method) == (0.01, 0.45, 200, "voc07")
     assert (args.batch_size, args.workers, args.device) == (32, 0, "auto")
+    from ssd.device import DEVICE_HELP
+    from ssd.settings import DetectSettings
+
+    paper = DetectSettings.for_evaluation()  # the one declaration of these defaults
+    assert (args.min_score, args.max_overlap, args.top_k, args.batch_size) == (
+        paper.min_score, paper.max_overlap, paper.top_k, paper.batch_size)
+    helps = {a.dest: a.help for a in parser._subparsers._group_actions[0].choices["eval"]._actions}
+    assert helps["device"] == DEVICE_HELP and "(default 0.01)" in helps["min_score"]
     assert parser.parse_args(["eval", "--detections", "d", "--data", "x.json"]).checkpoint is None
 
 
@@ -273,6 +281,38 @@ def test_evaluate_api_batches_modes_and_class_mapping(checkpoint, vocmini_test_i
         evaluate(model, index, batch_size=0)
     with pytest.raises(SSDError, match="not a device"):
         evaluate(model, index, device="bogus")
+    with pytest.raises(SSDError, match="suppress is not an evaluation setting"):
+        evaluate(model, index, suppress=["cat"])
+    with pytest.raises(SSDError, match="top_k must be at most"):
+        evaluate(model, index, top_k=model.config.num_priors + 1)
+    with pytest.raises(TypeError, match="unknown setting"):
+        evaluate(model, index, min_scor=0.2)
+    from ssd.settings import DetectSettings
+
+    d = evaluate(model, index, settings=DetectSettings(min_score=0.2, top_k=20, max_overlap=0.45, batch_size=3))
+    np.testing.assert_array_equal(d.det_scores, b.det_scores)
+
+
+def test_evaluate_leaves_the_model_as_it_was(checkpoint, vocmini_test_index) -> None:
+    """Device, every module's training flag and the memory format are the same after evaluate() (and after
+    SSD.detect); evaluating a channels-last model gives the same detections as its NCHW twin."""
+    from ssd.device import to_channels_last
+    from ssd.placement import is_channels_last
+
+    index = _few(vocmini_test_index, 2)
+    model = ssd.load_model(checkpoint).train()
+    model.base.eval()
+    modes = {name: m.training for name, m in model.named_modules()}
+    nchw = evaluate(model, index, min_score=0.2, top_k=20)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert not is_channels_last(model) and next(model.parameters()).device == torch.device("cpu")
+    model.detect(torch.rand(1, 3, 192, 192), min_score=0.2)
+    assert {name: m.training for name, m in model.named_modules()} == modes and not is_channels_last(model)
+    to_channels_last(model)
+    nhwc = evaluate(model, index, min_score=0.2, top_k=20)
+    assert is_channels_last(model)  # kept, not turned back to NCHW
+    np.testing.assert_array_equal(nhwc.det_labels, nchw.det_labels)
+    np.testing.assert_array_equal(nhwc.det_scores, nchw.det_scores)
 
 
 def test_unreadable_images_are_reported_and_the_others_evaluated(checkpoint, vocmini_test_index, tmp_path) -> None:

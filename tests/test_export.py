@@ -1,5 +1,6 @@
-"""ONNX export: the graph (network + softmax + decoding) against PyTorch, the NMS post-step, and
-``ssd detect --onnx``. Tests needing onnx/onnxscript/onnxruntime skip cleanly without them."""
+"""ONNX export: the graph (network + softmax + decoding, ssd.postprocess.DecodedSSD) against PyTorch, the NMS
+post-step (ssd.postprocess.postprocess_decoded), and ``ssd detect --onnx``. Tests needing
+onnx/onnxscript/onnxruntime skip cleanly without them."""
 
 from __future__ import annotations
 
@@ -17,9 +18,8 @@ from conftest import VOCMINI, need
 from ssd.checkpoint import save_checkpoint
 from ssd.detector import Detector
 from ssd.errors import SSDError
-from ssd.export import DecodedSSD, postprocess_decoded
 from ssd.model import build_model
-from ssd.postprocess import postprocess
+from ssd.postprocess import DecodedSSD, postprocess, postprocess_decoded
 
 VOC_IDS = ("000050", "000077", "000109")
 
@@ -201,6 +201,7 @@ def test_detector_from_onnx_matches_checkpoint(onnx_file, checkpoint):
     torch_det = Detector.from_checkpoint(checkpoint, device="cpu")
     onnx_det = Detector.from_onnx(onnx_file, device="cpu", batch_size=2)
     assert onnx_det.class_names == torch_det.class_names and onnx_det.backend == "onnx"
+    assert onnx_det.num_priors == torch_det.num_priors
     for a, b in zip(onnx_det(paths), torch_det(paths)):
         assert len(b) > 0
         assert a.class_names == b.class_names

@@ -26,7 +26,8 @@ import uvicorn  # noqa: E402
 
 import ssd  # noqa: E402
 from ssd.detector import Detector  # noqa: E402
-from ssd.serve import create_app  # noqa: E402
+from ssd.settings import DetectSettings  # noqa: E402
+from ssd.serve import ServeLimits, create_app  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -91,10 +92,9 @@ def expected(detector, images) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def server(detector):
-    app = create_app(
-        detector, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS, batch_window_ms=20, max_batch=8,
-        queue_size=64, request_timeout_s=30,
-    )  # fmt: skip
+    limits = ServeLimits(max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS, batch_window_ms=20, max_batch=8,
+                         queue_size=64, request_timeout_s=30)  # fmt: skip
+    app = create_app(detector, limits=limits)
     with Server(app) as s:
         yield s
 
@@ -169,7 +169,8 @@ def test_annotated_image(client, images):
 @pytest.mark.parametrize(
     "case",
     ["not_an_image", "truncated_jpeg", "too_large_upload", "too_many_pixels", "wrong_field", "no_body",
-     "text_field", "bad_min_score", "unknown_class", "unknown_param", "empty_file"],
+     "text_field", "bad_min_score", "unknown_class", "unknown_param", "empty_file", "top_k_over_priors",
+     "infinite_overlap", "nan_score", "fractional_top_k"],
 )  # fmt: skip
 def test_bad_inputs_give_4xx_and_the_server_keeps_answering(client, images, case):
     from PIL import Image
@@ -189,11 +190,16 @@ def test_bad_inputs_give_4xx_and_the_server_keeps_answering(client, images, case
         "unknown_class": dict(files={"image": ("a.jpg", jpeg)}, params={"suppress": "unicorn"}),
         "unknown_param": dict(files={"image": ("a.jpg", jpeg)}, params={"min_scor": "0.3"}),
         "empty_file": dict(files={"image": ("a.jpg", b"", "image/jpeg")}),
+        "top_k_over_priors": dict(files={"image": ("a.jpg", jpeg)}, params={"top_k": str(10**12)}),
+        "infinite_overlap": dict(files={"image": ("a.jpg", jpeg)}, params={"max_overlap": "inf"}),
+        "nan_score": dict(files={"image": ("a.jpg", jpeg)}, params={"min_score": "nan"}),
+        "fractional_top_k": dict(files={"image": ("a.jpg", jpeg)}, params={"top_k": "2.5"}),
     }
     want = {
         "not_an_image": 415, "truncated_jpeg": 422, "too_large_upload": 413, "too_many_pixels": 413,
         "wrong_field": 400, "no_body": 400, "text_field": 400, "bad_min_score": 422, "unknown_class": 422,
-        "unknown_param": 422, "empty_file": 400,
+        "unknown_param": 422, "empty_file": 400, "top_k_over_priors": 422, "infinite_overlap": 422, "nan_score": 422,
+        "fractional_top_k": 422,
     }  # fmt: skip
     r = client.post("/detect", **requests[case])
     assert r.status_code == want[case], r.text
@@ -201,8 +207,39 @@ def test_bad_inputs_give_4xx_and_the_server_keeps_answering(client, images, case
     assert isinstance(body["detail"], str) and body["detail"] and "Traceback" not in r.text
     if case == "truncated_jpeg":
         assert "truncated" in body["detail"] and "cut.jpg" in body["detail"]
+    if case == "top_k_over_priors":
+        assert body["detail"].startswith("top_k must be at most the model's")
     ok = post_image(client, images[1])
     assert ok.status_code == 200 and ok.json()["detections"]
+
+
+def test_request_settings_are_checked_completely_before_batching(detector):
+    """parse_settings gives the checked DetectSettings a request runs with, or a 422 naming the setting."""
+    from ssd.serve import HTTPProblem, parse_settings
+
+    s, annotated = parse_settings({"min_score": "0.6", "top_k": "5", "suppress": "person, chair"}, detector)
+    assert s == detector.settings.replace(min_score=0.6, top_k=5, suppress=("person", "chair")) and not annotated
+    assert parse_settings({}, detector) == (detector.settings, False)
+    for params, message in [({"top_k": str(detector.num_priors + 1)}, "top_k must be at most"),
+                            ({"top_k": "0"}, "top_k must be a positive integer"),
+                            ({"top_k": "many"}, "top_k: 'many' is not an integer"),
+                            ({"max_overlap": "-inf"}, "max_overlap must be in"),
+                            ({"min_score": "x"}, "min_score: 'x' is not a number"),
+                            ({"suppress": "unicorn"}, "unknown class 'unicorn'"),
+                            ({"batch_size": "4"}, "unknown parameter 'batch_size'")]:  # fmt: skip
+        with pytest.raises(HTTPProblem) as e:
+            parse_settings(params, detector)
+        assert e.value.status == 422 and message in e.value.message
+
+
+def test_serve_limits_are_validated():
+    from ssd.errors import SSDError
+
+    assert ServeLimits().max_batch == 16
+    for bad in (dict(max_batch=0), dict(queue_size=1.5), dict(batch_window_ms=-1), dict(request_timeout_s=0),
+                dict(request_timeout_s=float("nan")), dict(max_pixels=True)):  # fmt: skip
+        with pytest.raises(SSDError, match=next(iter(bad))):
+            ServeLimits(**bad)
 
 
 # --- load and batching --------------------------------------------------------------------------------
@@ -243,13 +280,13 @@ def test_full_queue_gives_503_and_slow_model_504(detector, images):
     """A model slowed down to 0.3 s a batch, a queue of 1 and a timeout of 1 s: 503s and 504s, then recovery."""
 
     class Slow(Detector):
-        def _decoded_outputs(self, batch):
+        def run_batch(self, images):
             time.sleep(0.3)
-            return super()._decoded_outputs(batch)
+            return super().run_batch(images)
 
     slow = Detector.__new__(Slow)
     slow.__dict__.update(detector.__dict__)
-    app = create_app(slow, batch_window_ms=0, max_batch=1, queue_size=1, request_timeout_s=1.0)
+    app = create_app(slow, ServeLimits(batch_window_ms=0, max_batch=1, queue_size=1, request_timeout_s=1.0))
     data = images[0].read_bytes()
     with Server(app) as s:
         def one(_):
@@ -284,7 +321,7 @@ def test_shutdown_answers_queued_requests_with_503():
     b = Blocking(None, window_s=0.0, max_batch=1, queue_size=8)
 
     def job():
-        return _Job(tensor=torch.zeros(3, 4, 4), size=(4, 4), settings={}, source="x")
+        return _Job(image=None, settings=DetectSettings())
 
     futures = [b.submit(job()) for _ in range(3)]
     assert started.wait(10)
@@ -436,6 +473,11 @@ def test_cli_errors_are_one_line(tmp_path):
         a.func(a)
     with pytest.raises(SystemExit):
         p.parse_args(["serve", "--checkpoint", "x.pt", "--max-upload-mb", "0"])
+    # The request defaults are DetectSettings' options, checked as ssd detect checks them.
+    a = p.parse_args(["serve", "--checkpoint", str(tmp_path / "missing.pt"), "--top-k", "0"])
+    assert (a.min_score, a.max_overlap, a.suppress) == (0.2, 0.5, [])
+    with pytest.raises(SSDError, match="^--top-k must be a positive integer"):
+        a.func(a)
 
 
 def test_missing_dependencies_say_what_to_install(monkeypatch):
@@ -462,7 +504,7 @@ def test_start_after_a_stop_that_timed_out_keeps_serving(monkeypatch):
             return ["done"] * len(jobs)
 
     b = Slow(None, window_s=0.0, max_batch=1, queue_size=8)
-    first = b.submit(_Job(tensor=torch.zeros(3, 4, 4), size=(4, 4), settings={}, source="a"))
+    first = b.submit(_Job(image=None, settings=DetectSettings()))
     time.sleep(0.2)
     real_join = threading.Thread.join
     monkeypatch.setattr(threading.Thread, "join", lambda self, timeout=None: real_join(self, 0.05))
@@ -471,6 +513,6 @@ def test_start_after_a_stop_that_timed_out_keeps_serving(monkeypatch):
     b.start()
     release.set()
     assert first.result(timeout=5) == "done"
-    later = b.submit(_Job(tensor=torch.zeros(3, 4, 4), size=(4, 4), settings={}, source="b"))
+    later = b.submit(_Job(image=None, settings=DetectSettings()))
     assert later.result(timeout=5) == "done"
     b.stop()

@@ -37,6 +37,7 @@ _EXPORTS = {
     "load_checkpoint": "ssd.checkpoint",
     "load_model": "ssd.checkpoint",
     "Detector": "ssd.detector",
+    "DetectSettings": "ssd.settings",
     "TrainConfig": "ssd.training.config",
     "train": "ssd.training.loop",
 }
@@ -61,6 +62,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from ssd.checkpoint import load_checkpoint, load_model, save_checkpoint
     from ssd.config import PRESETS, VOC_CLASSES, ModelConfig, PriorConfig, get_preset
     from ssd.detector import Detector
+    from ssd.settings import DetectSettings
     from ssd.training.config import TrainConfig
     from ssd.training.loop import train
     from ssd.errors import CheckpointError, SSDError

@@ -120,7 +120,7 @@ def run_demo(
     train_seconds = time.perf_counter() - t0
 
     log("[3/4] evaluating on the synthetic test split")
-    model = load_model(result.model_path, device=device_name)
+    model = load_model(result.model_path, device=result.device)  # where it trained (the same rule as device_name)
     evaluation = evaluate(model, indexes["test"], batch_size=32, progress=progress)
     files = {"metrics": str(out / "metrics.json"), "checkpoint": str(result.model_path)}
     (out / "metrics.json").write_text(json.dumps(evaluation.to_dict(), indent=2))
@@ -147,7 +147,7 @@ def _draw_examples(model, index, folder: Path, count: int = 6) -> Path:
     from ssd.visualize import draw_detections
 
     folder.mkdir(parents=True, exist_ok=True)
-    detector = Detector(model, min_score=0.4)
+    detector = Detector(model, min_score=0.4, owns_model=True)  # the demo is done with the model otherwise
     for record in index.images[:count]:
         with Image.open(record.file) as im:
             image = im.convert("RGB")

@@ -4,10 +4,18 @@
 
     from ssd.detector import Detector
 
-    detector = Detector.from_checkpoint("checkpoint.pt")      # min_score 0.2, max_overlap 0.5, top_k 200
+    detector = Detector.from_checkpoint("checkpoint.pt")      # DetectSettings(): min_score 0.2, max_overlap 0.5, top_k 200
     for det in detector(["street.jpg", "dog.png"]):
         for name, score, box in zip(det.class_names, det.scores, det.boxes):
             print(det.source, name, f"{score:.2f}", box.round(1))   # box: x1, y1, x2, y2 in pixels
+
+The steps, public so that the service (:mod:`ssd.serve`) and ``ssd detect`` run exactly these::
+
+    input (path, PIL image, array, tensor)
+      -> Detector.prepare   -> PreparedImage: pixels float (3, S, S) in [0, 1], the original (height, width)
+      -> Detector.run_batch -> (boxes_xyxy_rel (N, P, 4), scores (N, P, C))     one forward pass (or onnxruntime)
+      -> Detector.finish    -> ImageDetections per image (its own DetectSettings): threshold, per-class NMS,
+                               top-k, boxes in original pixels clipped to the image
 
 Inputs: a path (``str`` or ``Path``), a PIL image, a numpy array (H x W x 3 RGB or H x W grey; uint8,
 uint16, or float in [0, 1]), a torch tensor (3 x H x W, uint8 or float in [0, 1]; N x 3 x H x W is a
@@ -36,15 +44,13 @@ import torch
 from torch import Tensor, nn
 
 from ssd.data.image import _array_to_tensor, _check_size, _float_to_uint8, _pil_to_tensor, load_image
-from ssd.device import channels_last_default, resolve_device, to_channels_last
+from ssd.device import resolve_device
 from ssd.errors import SSDError
+from ssd.placement import InferencePlacement
+from ssd.postprocess import Detections, decode_outputs, postprocess_decoded
+from ssd.settings import DetectSettings
 
-__all__ = ["Detector", "ImageDetections", "load_image", "resolve_device", "DEFAULTS"]
-
-DEFAULTS: dict[str, Any] = {"min_score": 0.2, "max_overlap": 0.5, "top_k": 200, "batch_size": 8}
-"""The defaults of :class:`Detector` and ``ssd detect`` (the tutorial's detect.py settings)."""
-
-_SETTINGS = ("min_score", "max_overlap", "top_k", "suppress", "batch_size")
+__all__ = ["Detector", "DetectSettings", "ImageDetections", "PreparedImage", "load_image", "resolve_device"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,218 +142,202 @@ def to_uint8_image(item: Any) -> tuple[Tensor, str]:
     )
 
 
-def _preprocess(image: Tensor, size: int) -> Tensor:
-    """The evaluation transform: uint8 (3, H, W) -> float (3, S, S) in [0, 1] (as ``ssd eval``)."""
-    from ssd.data.transforms import EvalTransform, Target
+@dataclass(frozen=True, eq=False)
+class PreparedImage:
+    """One input ready for the network: ``pixels`` float32 (3, S, S) RGB in [0, 1] (the evaluation transform:
+    resized with antialiasing, as ``ssd eval``), the original ``image_size`` (height, width) and its ``source``."""
 
-    empty = Target(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.bool))
-    return EvalTransform(size)(image, empty)[0]
+    pixels: Tensor
+    image_size: tuple[int, int]
+    source: str
+
+
+def _as_items(inputs: Any) -> tuple[list[Any], bool]:
+    """(the inputs one by one, whether a single input was given)."""
+    if isinstance(inputs, (list, tuple)):
+        return list(inputs), False
+    if isinstance(inputs, Tensor) and inputs.ndim == 4:
+        return list(inputs.unbind(0)), False
+    return [inputs], True
 
 
 # --- the detector --------------------------------------------------------------------------------
 
 
-def _check_settings(s: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
-    out = dict(s)
-    from ssd.postprocess import check_settings
-
-    check_settings(s["min_score"], s["max_overlap"], s["top_k"])
-    for key in ("top_k", "batch_size"):
-        v = s[key]
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise SSDError(f"{key} must be a positive integer, got {v!r}")
-        out[key] = int(v)
-    sup = s["suppress"]
-    if isinstance(sup, str):
-        sup = (sup,)
-    sup = tuple(sup or ())
-    unknown = [c for c in sup if c not in class_names]
-    if unknown:
-        raise SSDError(
-            f"suppress: unknown class {unknown[0]!r}; the model's classes are: {', '.join(class_names)}"
-        )
-    out["suppress"] = sup
-    out["min_score"], out["max_overlap"] = float(s["min_score"]), float(s["max_overlap"])
-    return out
-
-
 class Detector:
     """Detections with class names in original pixels, from an SSD (or an exported ONNX model).
 
-    ``Detector.from_checkpoint(path)`` or ``Detector(model)``; then ``detector(inputs, **overrides)``
-    (see the module docstring for inputs). Settings, also per call: ``min_score`` (keep scores
-    above it, default 0.2), ``max_overlap`` (per-class NMS IoU, 0.5), ``top_k`` (detections per
-    image, 200), ``suppress`` (class names never reported; dropped before NMS and top-k) and
+    ``Detector.from_checkpoint(path)`` or ``Detector(model)``; then ``detector(inputs, **overrides)`` (see the
+    module docstring for inputs and steps). Settings are a :class:`~ssd.settings.DetectSettings` (``settings``;
+    keyword ``overrides`` replace some of its values, here and per call): ``min_score`` (keep scores above it,
+    default 0.2), ``max_overlap`` (per-class NMS IoU, 0.5), ``top_k`` (detections per image, 200, at most the
+    model's prior count), ``suppress`` (class names never reported; dropped before NMS and top-k) and
     ``batch_size`` (images per forward pass, 8).
 
-    ``model`` is an :class:`~ssd.model.SSD` (moved to ``device``: ``auto`` picks CUDA when there is
-    one; ``None`` leaves it where it is) or an :class:`~ssd.export.OnnxModel`. ``channels_last``
-    (default: on for the CPU and CUDA) converts the model's convolutions to channels-last in place,
-    which is faster there; outputs then differ from the NCHW model's by float rounding (about 1e-6).
+    ``model`` is an :class:`~ssd.model.SSD` or an :class:`~ssd.export.OnnxModel`. An SSD runs on ``device``
+    (``auto`` picks CUDA when there is one; ``None``: where the model is), in eval mode, channels-last where
+    :func:`ssd.device.channels_last_default` says (``channels_last`` to choose): faster there, with outputs that
+    differ from the NCHW model's by float rounding. The caller's model is borrowed: it is placed so for each
+    batch and put back as it was (device, modes, memory format) after it. With ``owns_model=True`` (what
+    :meth:`from_checkpoint` does) the detector owns the model and places it once, for good.
     """
 
     def __init__(
         self,
         model: nn.Module | Any,
+        settings: DetectSettings | None = None,
         *,
         device: str | torch.device | None = None,
-        min_score: float = DEFAULTS["min_score"],
-        max_overlap: float = DEFAULTS["max_overlap"],
-        top_k: int = DEFAULTS["top_k"],
-        suppress: Sequence[str] = (),
-        batch_size: int = DEFAULTS["batch_size"],
         channels_last: bool | None = None,
+        owns_model: bool = False,
+        **overrides: Any,
     ) -> None:
         from ssd.export import OnnxModel
 
+        self.model = model
+        self.owns_model = bool(owns_model)
+        self._placement: InferencePlacement | None = None
         if isinstance(model, OnnxModel):
             self.backend = "onnx"
             self.class_names: tuple[str, ...] = tuple(model.class_names)
             self.image_size: int = model.image_size
             self.candidates_per_class = model.candidates_per_class
+            self.num_priors: int | None = model.num_priors
             self.device = torch.device("cpu")  # the post-step runs on the CPU; onnxruntime picks its own
-            self.channels_last = False
-            self.model = model
         elif isinstance(model, nn.Module) and hasattr(model, "config"):
-            from ssd.export import DecodedSSD
-
             self.backend = "torch"
-            if device is not None:
-                model = model.to(resolve_device(device))
-            self.device = next(model.parameters()).device
-            self.channels_last = channels_last_default(self.device) if channels_last is None else bool(channels_last)
-            if self.channels_last:
-                to_channels_last(model)
-            self.model = model  # run in eval mode, whatever its mode (see _decoded_outputs)
-            self._decoded = DecodedSSD(model)
-            self.class_names = tuple(model.config.class_names)
-            self.image_size = model.config.image_size
-            self.candidates_per_class = model.config.decode.candidates_per_class
+            self._placement = InferencePlacement(model, device, channels_last=channels_last)
+            if self.owns_model:
+                self._placement.apply()
+            self.device = self._placement.device
+            config = model.config
+            self.class_names = tuple(config.class_names)
+            self.image_size = config.image_size
+            self.candidates_per_class = config.decode.candidates_per_class
+            self.num_priors = config.num_priors
         else:
             raise SSDError(f"Detector needs an ssd SSD model or an OnnxModel, not {type(model).__name__}")
-        self.settings = _check_settings(
-            dict(min_score=min_score, max_overlap=max_overlap, top_k=top_k, suppress=suppress, batch_size=batch_size),
-            self.class_names,
-        )
+        self.settings: DetectSettings = self.checked((settings or DetectSettings()).replace(**overrides))
 
     @classmethod
     def from_checkpoint(
-        cls,
-        path: str | os.PathLike,
-        device: str | torch.device = "auto",
-        min_score: float = DEFAULTS["min_score"],
-        max_overlap: float = DEFAULTS["max_overlap"],
-        top_k: int = DEFAULTS["top_k"],
-        suppress: Sequence[str] = (),
-        batch_size: int = DEFAULTS["batch_size"],
-    ) -> "Detector":
-        """A detector from an ssd checkpoint (its configuration and class names come with it)."""
+        cls, path: str | os.PathLike, device: str | torch.device = "auto", settings: DetectSettings | None = None,
+        **overrides: Any,
+    ) -> "Detector":  # fmt: skip
+        """A detector owning the model of an ssd checkpoint (its configuration and class names come with it)."""
         from ssd.checkpoint import load_model
 
         dev = resolve_device(device)
-        return cls(
-            load_model(path, device=dev), device=dev, min_score=min_score, max_overlap=max_overlap,
-            top_k=top_k, suppress=suppress, batch_size=batch_size,
-        )  # fmt: skip
+        return cls(load_model(path, device=dev), settings, device=dev, owns_model=True, **overrides)
 
     @classmethod
     def from_onnx(
-        cls,
-        path: str | os.PathLike,
-        device: str = "auto",
-        min_score: float = DEFAULTS["min_score"],
-        max_overlap: float = DEFAULTS["max_overlap"],
-        top_k: int = DEFAULTS["top_k"],
-        suppress: Sequence[str] = (),
-        batch_size: int = DEFAULTS["batch_size"],
+        cls, path: str | os.PathLike, device: str = "auto", settings: DetectSettings | None = None, **overrides: Any
     ) -> "Detector":
         """A detector running a file written by ``ssd export`` with onnxruntime (NMS after it)."""
         from ssd.export import OnnxModel
 
-        return cls(
-            OnnxModel(path, device=str(device)), min_score=min_score, max_overlap=max_overlap,
-            top_k=top_k, suppress=suppress, batch_size=batch_size,
-        )  # fmt: skip
+        return cls(OnnxModel(path, device=str(device)), settings, owns_model=True, **overrides)
+
+    def checked(self, settings: DetectSettings, prefix: str = "") -> DetectSettings:
+        """``settings`` once they fit this model (:meth:`DetectSettings.check_model`: known classes, ``top_k`` at
+        most the prior count); errors name a setting as ``prefix`` + its name (``--`` for the command line)."""
+        return settings.check_model(self.class_names, self.num_priors, prefix=prefix)
+
+    def resolve(self, **overrides: Any) -> DetectSettings:
+        """This detector's settings with ``overrides`` (setting names), checked completely: what a call, or a
+        service request, runs with. :class:`SSDError` for a bad value, ``TypeError`` for an unknown name."""
+        return self.checked(self.settings.replace(**overrides))
 
     def __repr__(self) -> str:
         s = self.settings
         return (
             f"Detector({self.backend}, {len(self.class_names)} classes, input {self.image_size}, "
-            f"device {self.device}, min_score={s['min_score']}, max_overlap={s['max_overlap']}, "
-            f"top_k={s['top_k']}, suppress={list(s['suppress'])})"
+            f"device {self.device}, min_score={s.min_score}, max_overlap={s.max_overlap}, "
+            f"top_k={s.top_k}, suppress={list(s.suppress)})"
         )
 
     def __call__(self, inputs: Any, **overrides: Any) -> ImageDetections | list[ImageDetections]:
         """Detect in one input (returns one :class:`ImageDetections`) or a list (returns a list).
 
-        ``overrides`` replace settings for this call: ``min_score``, ``max_overlap``, ``top_k``,
-        ``suppress``, ``batch_size``. An input that cannot be read raises :class:`SSDError` naming it.
+        ``overrides`` replace settings for this call (:meth:`resolve`). An input that cannot be read raises
+        :class:`SSDError` naming it.
         """
-        bad = sorted(set(overrides) - set(_SETTINGS))
-        if bad:
-            raise TypeError(f"unknown setting {bad[0]!r}; settings are {', '.join(_SETTINGS)}")
-        settings = _check_settings({**self.settings, **overrides}, self.class_names)
-        single = True
-        if isinstance(inputs, (list, tuple)):
-            items, single = list(inputs), False
-        elif isinstance(inputs, Tensor) and inputs.ndim == 4:
-            items, single = list(inputs.unbind(0)), False
-        else:
-            items = [inputs]
+        settings = self.resolve(**overrides)
+        items, single = _as_items(inputs)
         out: list[ImageDetections] = []
-        bs = settings["batch_size"]
-        for start in range(0, len(items), bs):
-            loaded = [to_uint8_image(item) for item in items[start : start + bs]]
-            out.extend(self._detect([img for img, _ in loaded], [src for _, src in loaded], settings))
+        for start in range(0, len(items), settings.batch_size):
+            prepared = [self.prepare(item) for item in items[start : start + settings.batch_size]]
+            out.extend(self.finish(self.run_batch(prepared), prepared, settings))
         return out[0] if single else out
 
+    def prepare(self, item: Any, source: str | None = None) -> PreparedImage:
+        """Any supported input (module docstring) -> :class:`PreparedImage`; ``source`` names it in the result
+        (default: its path, or ``<PIL image>``, ``<array>``, ``<tensor>``)."""
+        from ssd.data.transforms import EvalTransform
+
+        image, described = to_uint8_image(item)
+        pixels = EvalTransform(self.image_size).resize(image).float() / 255.0
+        return PreparedImage(pixels, (int(image.shape[1]), int(image.shape[2])), described if source is None else source)
+
     @torch.no_grad()
-    def _decoded_outputs(self, batch: Tensor) -> tuple[Tensor, Tensor]:
-        if self.backend == "onnx":
+    def run_batch(self, images: Sequence[PreparedImage]) -> tuple[Tensor, Tensor]:
+        """One forward pass: prepared images (N of them) -> ``(boxes_xyxy_rel (N, P, 4), scores (N, P, C))``,
+        softmax scores with column 0 the background (:class:`~ssd.postprocess.DecodedSSD`'s outputs, or the
+        ONNX file's)."""
+        if not images:
+            raise SSDError("run_batch needs at least one image")
+        batch = torch.stack([im.pixels for im in images])
+        if self._placement is None:
             boxes, scores = self.model(batch.numpy())
             return torch.from_numpy(boxes), torch.from_numpy(scores)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            batch = batch.to(self.device)
-            if self.channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            return self._decoded(batch)
-        finally:
-            self.model.train(was_training)
+        if self.owns_model:
+            return self._forward(self._placement, batch)
+        with self._placement as placed:
+            return self._forward(placed, batch)
 
-    def _detect(self, images: Sequence[Tensor], sources: Sequence[str], settings: dict[str, Any]) -> list[ImageDetections]:
-        """uint8 RGB images (3, H, W) -> detections (one forward pass)."""
-        if not images:
-            return []
-        batch = torch.stack([_preprocess(im, self.image_size) for im in images])
-        sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
-        boxes, scores = self._decoded_outputs(batch)
-        from ssd.export import postprocess_decoded
+    @staticmethod
+    def _forward(placed: InferencePlacement, batch: Tensor) -> tuple[Tensor, Tensor]:
+        loc_offsets, cls_logits = placed.model(placed.inputs(batch))
+        return decode_outputs(loc_offsets, cls_logits, placed.core.priors_cxcywh, placed.core.config.decode)
 
-        names = self.class_names
-        suppress_labels = [names.index(c) + 1 for c in settings["suppress"]]
-        dets = postprocess_decoded(
-            boxes, scores, min_score=settings["min_score"], max_overlap=settings["max_overlap"],
-            top_k=settings["top_k"], candidates_per_class=self.candidates_per_class, image_sizes=sizes,
-            suppress_labels=suppress_labels,
-        )  # fmt: skip
-        out = []
-        for d, (h, w), src in zip(dets, sizes, sources):
-            labels = d.labels.cpu().numpy().astype(np.int64)
-            boxes = d.boxes.float().cpu().numpy().reshape(-1, 4)
-            boxes = np.clip(boxes, 0.0, np.array([w, h, w, h], dtype=np.float32))  # inside the image
-            out.append(
-                ImageDetections(
-                    boxes=_readonly(boxes),
-                    scores=_readonly(d.scores.float().cpu().numpy()),
-                    labels=_readonly(labels),
-                    class_names=tuple(names[int(l) - 1] for l in labels),
-                    image_size=(h, w),
-                    source=src,
-                )
-            )
+    def finish(
+        self,
+        outputs: tuple[Tensor, Tensor],
+        images: Sequence[PreparedImage],
+        settings: DetectSettings | Sequence[DetectSettings],
+    ) -> list[ImageDetections]:
+        """:meth:`run_batch`'s outputs for ``images`` -> one :class:`ImageDetections` per image, each with its
+        own settings (one for all, or one per image; checked against the model again). Images that share settings
+        are decoded together; each image's detections do not depend on the others'."""
+        boxes_xyxy_rel, scores = outputs
+        per_image = [settings] * len(images) if isinstance(settings, DetectSettings) else list(settings)
+        groups: dict[DetectSettings, list[int]] = {}
+        for i, s in enumerate(per_image):
+            groups.setdefault(s, []).append(i)
+        out: list[Any] = [None] * len(images)
+        for s, idx in groups.items():
+            self.checked(s)
+            rows = slice(None) if len(idx) == len(images) else torch.as_tensor(idx, device=scores.device)
+            dets = postprocess_decoded(
+                boxes_xyxy_rel[rows], scores[rows], min_score=s.min_score, max_overlap=s.max_overlap, top_k=s.top_k,
+                candidates_per_class=self.candidates_per_class, image_sizes=[images[i].image_size for i in idx],
+                suppress_labels=[self.class_names.index(c) + 1 for c in s.suppress],
+            )  # fmt: skip
+            for i, d in zip(idx, dets):
+                out[i] = self._image_detections(d, images[i])
         return out
+
+    def _image_detections(self, d: Detections, image: PreparedImage) -> ImageDetections:
+        """One image's detections (boxes in its pixels) as numpy arrays, clipped to the image, with class names."""
+        h, w = image.image_size
+        labels = d.labels.cpu().numpy().astype(np.int64)
+        boxes = d.boxes.float().cpu().numpy().reshape(-1, 4)
+        boxes = np.clip(boxes, 0.0, np.array([w, h, w, h], dtype=np.float32))  # inside the image
+        return ImageDetections(
+            boxes=_readonly(boxes), scores=_readonly(d.scores.float().cpu().numpy()), labels=_readonly(labels),
+            class_names=tuple(self.class_names[int(l) - 1] for l in labels), image_size=(h, w), source=image.source,
+        )  # fmt: skip
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:

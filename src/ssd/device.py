@@ -54,8 +54,7 @@ def resolve_device(name: str | torch.device | None = "auto", option: str = "devi
 
 def channels_last_default(device: torch.device) -> bool:
     """Whether convolutions run channels-last (NHWC) by default on ``device``: on CUDA and on the CPU, where
-    oneDNN's NHWC kernels made SSD300's forward 1.3-1.4x faster on the development CPU
-    (docs/performance.md); not on MPS."""
+    oneDNN's NHWC kernels make SSD300's forward faster (measured: docs/performance.md, "CPU"); not on MPS."""
     return device.type in ("cuda", "cpu")
 
 

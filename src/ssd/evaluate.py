@@ -10,14 +10,12 @@ The flow::
 
 The same scorer reads devkit results files (:func:`score_detections_dir`), so results of any detector are
 scored by the same code, and :func:`write_detections_dir` writes them. :func:`coco_results` and
-:func:`coco_metrics` give the COCO results JSON and COCO-style AP through pycocotools (an optional
-dependency). See ``docs/evaluation.md`` for the rules.
+:func:`coco_metrics` (:mod:`ssd.coco`) give the COCO results JSON and COCO-style AP through pycocotools
+(an optional dependency). See ``docs/evaluation.md`` for the rules.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,9 +27,9 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
+from ssd.coco import COCO_METRIC_NAMES, coco_metrics, coco_results
 from ssd.data.index import DatasetIndex
 from ssd.data.voc import continuous_to_voc_pixels, voc_pixels_to_continuous
-from ssd.device import channels_last_default, resolve_device, to_channels_last
 from ssd.errors import SSDError
 from ssd.metrics import (
     DEFAULT_RESULTS_PATTERN,
@@ -43,7 +41,9 @@ from ssd.metrics import (
     read_results_dir,
     write_results_dir,
 )
-from ssd.postprocess import Detections, check_settings, postprocess
+from ssd.placement import InferencePlacement
+from ssd.postprocess import Detections, postprocess
+from ssd.settings import DetectSettings
 
 __all__ = [
     "Evaluation",
@@ -55,12 +55,7 @@ __all__ = [
     "coco_results",
     "coco_metrics",
     "COCO_METRIC_NAMES",
-]
-
-COCO_METRIC_NAMES: tuple[str, ...] = (
-    "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
-)  # fmt: skip
-"""Names of pycocotools' ``COCOeval.stats``, in order (AP@[.5:.95], AP@.5, AP@.75, by area, then recalls)."""
+]  # coco_results, coco_metrics and COCO_METRIC_NAMES live in ssd.coco
 
 
 def _readonly(arr: np.ndarray) -> np.ndarray:
@@ -322,8 +317,8 @@ def write_detections_dir(
         by_class[k] = ClassDetections(d.image_idx[order], d.scores[order], d.boxes[order])
     try:
         return write_results_dir(results_dir, by_class, evaluation.image_ids, names, pattern=pattern)
-    except OSError as e:
-        raise SSDError(f"cannot write results files to {results_dir}: {e.strerror or e}") from None
+    except OSError as err:
+        raise SSDError(f"cannot write results files to {results_dir}: {err.strerror or err}") from err
 
 
 # --------------------------------------------------------------------------------------------- inference
@@ -412,17 +407,6 @@ def _eval_batches(index: DatasetIndex, size: int, batch_size: int, workers: int,
     return _decoded_on_device(loader, dataset.transform, device) if on_device else iter(loader)
 
 
-def _unwrap(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """``(runnable, core)``: the model without DistributedDataParallel / DataParallel wrappers (whose forward
-    would synchronise processes), and the SSD inside it (also without a ``torch.compile`` wrapper)."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    core = model
-    while isinstance(getattr(core, "_orig_mod", None), nn.Module):
-        core = core._orig_mod
-    return model, core
-
-
 def _label_map(model_classes: Sequence[str], index_classes: Sequence[str]) -> np.ndarray:
     """Model label -> index label (0: a class the index does not have; its detections are dropped)."""
     missing = [c for c in index_classes if c not in model_classes]
@@ -433,48 +417,90 @@ def _label_map(model_classes: Sequence[str], index_classes: Sequence[str]) -> np
     return np.array([0] + [position.get(c, 0) for c in model_classes], dtype=np.int64)
 
 
-def _validate(batch_size: int, workers: int, min_score: float, max_overlap: float, top_k: int, method: str) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise SSDError(f"batch_size must be a positive integer, not {batch_size!r}")
-    if not isinstance(workers, int) or workers < 0:
+def _check_evaluation_options(settings: DetectSettings, workers: Any) -> None:
+    if settings.suppress:
+        raise SSDError("suppress is not an evaluation setting: evaluate every class of the index")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise SSDError(f"workers must be 0 or more, not {workers!r}")
-    check_settings(min_score, max_overlap, top_k)
-    _check_method(method)
+
+
+def _detect_batches(placed: InferencePlacement, batches, settings: DetectSettings, use_amp: bool, bar=None):
+    """Per batch of :func:`_eval_batches`: (positions, errors, detections per image in pixels). Iterate it under
+    ``torch.inference_mode()``."""
+    config = placed.core.config
+    for images, idx, sizes, errors in batches:
+        images = placed.inputs(images).float().div_(255)
+        with torch.autocast(placed.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loc_offsets, cls_logits = placed.model(images)
+        dets = postprocess(
+            loc_offsets.float(), cls_logits.float(), placed.core.priors_cxcywh, config.decode,
+            min_score=settings.min_score, max_overlap=settings.max_overlap, top_k=settings.top_k, image_sizes=sizes,
+        )  # fmt: skip
+        yield idx, errors, dets
+        if bar is not None:
+            bar.update(len(idx))
+
+
+def _flat_detections(results, to_index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(image positions, index labels, scores, boxes_xyxy_abs, failures) of every batch's detections, in index
+    order and best score first within an image; detections of unreadable images and of classes the index lacks
+    are dropped."""
+    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    failed: list[str] = []
+    for idx, errors, dets in results:
+        ok = [e is None for e in errors]
+        failed += [e for e in errors if e is not None]
+        counts = [int(d.scores.shape[0]) if good else 0 for d, good in zip(dets, ok)]
+        kept = [d for d, good in zip(dets, ok) if good]
+        if sum(counts):
+            # One transfer per batch; images within the batch stay in order, best score first.
+            boxes = torch.cat([d.boxes for d in kept]).cpu().double().numpy()
+            labels = to_index[torch.cat([d.labels for d in kept]).cpu().numpy()]
+            scores = torch.cat([d.scores for d in kept]).cpu().double().numpy()
+            image_idx = np.repeat(idx.numpy(), counts)
+            keep = labels > 0
+            chunks.append((image_idx[keep], labels[keep], scores[keep], boxes[keep]))
+    if not chunks:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4)), failed
+    image_idx, labels, scores, boxes = (np.concatenate(parts) for parts in zip(*chunks))
+    return image_idx, labels.astype(np.int64), scores, boxes, failed
 
 
 def evaluate(
     model: nn.Module,
     index: DatasetIndex,
     *,
-    batch_size: int = 32,
+    settings: DetectSettings | None = None,
     device: str | torch.device | None = None,
     amp: bool | None = None,
     workers: int = 0,
-    min_score: float = 0.01,
-    max_overlap: float = 0.45,
-    top_k: int = 200,
     method: APMethod = "voc07",
     progress: bool = False,
     decode_on_device: bool | None = None,
+    **overrides: Any,
 ) -> Evaluation:
     """Run ``model`` over the images of ``index`` and score its detections with the devkit's rules.
 
+    index images -> resized uint8 batches -> (model on ``device``, eval mode) forward -> postprocess ->
+    detections in original pixels -> VOC scoring -> :class:`Evaluation`.
+
     Args:
-        model: an :class:`~ssd.model.SSD` (also inside DDP or ``torch.compile``). It is put in eval mode and
-            its mode restored afterwards; if ``device`` differs from its device it is moved there and back.
+        model: an :class:`~ssd.model.SSD` (also inside DDP or ``torch.compile``). It is placed for the evaluation
+            by :class:`~ssd.placement.InferencePlacement` and left as it was (device, modes, memory format).
         index: the split; its classes name the labels of the result. Model classes are matched by name: a
             model class the index lacks is dropped, an index class the model lacks is an error.
-        batch_size: images per forward pass.
+        settings: the test-time settings (default :meth:`DetectSettings.for_evaluation`, the paper's:
+            min_score 0.01, max_overlap 0.45, top_k 200; batch_size 32 images per forward pass); ``overrides``
+            (``min_score=0.2``, ``batch_size=8``, ...) replace some of them.
         device: where to run ("auto", "cpu", "cuda", ...; default: the model's device).
         amp: bf16 autocast (default: on for CUDA, off elsewhere).
         workers: DataLoader worker processes decoding images (0: in this process).
-        min_score, max_overlap, top_k: test-time settings (the paper's defaults).
         method: ``"voc07"`` (11-point, the paper's) or ``"voc12"`` (area).
         progress: show a tqdm progress bar (on stderr).
         decode_on_device: decode JPEGs and resize on the evaluation device (nvJPEG on CUDA; the workers only read
-            the files). Default: on CUDA, where it was measured faster (docs/performance.md), else in the workers.
-            Other formats are decoded by the workers. A GPU's decoder and resize may round a few grey levels
-            differently from the CPU's.
+            the files). Default: on CUDA, where it is the faster path (docs/performance.md), else in the
+            workers. Other formats are decoded by the workers. A GPU's decoder and resize may round a few grey
+            levels differently from the CPU's.
 
     An image that cannot be read gets no detections (its objects count as missed) and a message in
     :attr:`Evaluation.failed`; the others are still evaluated.
@@ -483,259 +509,35 @@ def evaluate(
         SSDError: for an invalid setting or a class mismatch.
     """
     started = time.perf_counter()
-    _validate(batch_size, workers, min_score, max_overlap, top_k, method)
-    runnable, core = _unwrap(model)
-    config = getattr(core, "config", None)
-    if config is None or not hasattr(core, "priors_cxcywh"):
-        raise SSDError(f"evaluate() needs an ssd.SSD model, got {type(core).__name__}")
+    settings = (settings or DetectSettings.for_evaluation()).replace(**overrides)
+    _check_evaluation_options(settings, workers)
+    _check_method(method)
+    placement = InferencePlacement(model, device)
+    config = getattr(placement.core, "config", None)
+    if config is None or not hasattr(placement.core, "priors_cxcywh"):
+        raise SSDError(f"evaluate() needs an ssd.SSD model, got {type(placement.core).__name__}")
+    settings.check_model(config.class_names, config.num_priors)
     to_index = _label_map(config.class_names, index.classes)
-
-    home = next(iter(core.parameters())).device
-    run_on = home if device is None else resolve_device(device, "device")
+    run_on = placement.device
     use_amp = run_on.type == "cuda" if amp is None else bool(amp)
-    net = runnable if run_on == home else core  # a compiled wrapper is specialised: move the bare model
-
     on_device = run_on.type == "cuda" if decode_on_device is None else bool(decode_on_device)
-    batches = _eval_batches(index, config.image_size, batch_size, workers, run_on, on_device)
+    batches = _eval_batches(index, config.image_size, settings.batch_size, workers, run_on, on_device)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(index.images), desc=f"evaluating {index.name}", unit="img", leave=False)
-
-    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    failed: list[str] = []
-    was_training = runnable.training
-    moved = run_on != home
-    # Channels-last where it is faster (CPU, CUDA): the model for this evaluation, then back as it was.
-    first_conv = next(m for m in core.modules() if isinstance(m, nn.Conv2d))
-    was_nchw = not first_conv.weight.is_contiguous(memory_format=torch.channels_last)
-    nhwc = channels_last_default(run_on) and net is core
     try:
-        if moved:
-            core.to(run_on)
-        if nhwc and was_nchw:
-            to_channels_last(core)
-        net.eval()
-        priors = core.priors_cxcywh
-        with torch.inference_mode():
-            for images, idx, sizes, errors in batches:
-                images = images.to(run_on, non_blocking=True).float().div_(255)
-                if nhwc:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(run_on.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loc_offsets, cls_logits = net(images)
-                dets = postprocess(
-                    loc_offsets.float(), cls_logits.float(), priors, config.decode,
-                    min_score=min_score, max_overlap=max_overlap, top_k=top_k, image_sizes=sizes,
-                )  # fmt: skip
-                ok = [e is None for e in errors]
-                failed += [e for e in errors if e is not None]
-                counts = [int(d.scores.shape[0]) if good else 0 for d, good in zip(dets, ok)]
-                kept = [d for d, good in zip(dets, ok) if good]
-                if sum(counts):
-                    # One transfer per batch; images within the batch stay in order, best score first.
-                    boxes = torch.cat([d.boxes for d in kept]).cpu().double().numpy()
-                    labels = torch.cat([d.labels for d in kept]).cpu().numpy()
-                    scores = torch.cat([d.scores for d in kept]).cpu().double().numpy()
-                    image_idx = np.repeat(idx.numpy(), counts)
-                    labels = to_index[labels]
-                    keep = labels > 0
-                    chunks.append((image_idx[keep], labels[keep], scores[keep], boxes[keep]))
-                if bar is not None:
-                    bar.update(len(idx))
+        with placement as placed, torch.inference_mode():
+            image_idx, labels, scores, boxes, failed = _flat_detections(
+                _detect_batches(placed, batches, settings, use_amp, bar), to_index
+            )
     finally:
         if bar is not None:
             bar.close()
-        runnable.train(was_training)  # also restores the SSD inside a compiled wrapper
-        if nhwc and was_nchw:
-            core.to(memory_format=torch.contiguous_format)
-        if moved:
-            core.to(home)
-
-    if chunks:
-        image_idx, labels, scores, boxes = (np.concatenate(parts) for parts in zip(*chunks))
-    else:
-        image_idx, labels, scores, boxes = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4))
-    settings = {
-        "min_score": float(min_score),
-        "max_overlap": float(max_overlap),
-        "top_k": int(top_k),
-        "method": method,
-        "batch_size": batch_size,
-        "device": str(run_on),
-        "amp": "bf16" if use_amp else None,
-        "image_size": int(config.image_size),
-        "preset": getattr(config, "preset", None),
-        "decode_on_device": on_device,
-    }
-    return _make_evaluation(index, image_idx, labels.astype(np.int64), scores, boxes, method, started, settings, failed)
-
-
-# --------------------------------------------------------------------------------------------------- COCO
-
-
-def _coco_image_id(image_id: str) -> int | str:
-    """COCO ids are integers: an all-digit id becomes its integer, anything else stays a string."""
-    return int(image_id) if image_id.isdigit() else image_id
-
-
-def _category_ids(class_names: Sequence[str], category_ids: Mapping[str, int] | Sequence[int] | None) -> list[int]:
-    if category_ids is None:
-        return list(range(1, len(class_names) + 1))
-    if isinstance(category_ids, Mapping):
-        missing = [c for c in class_names if c not in category_ids]
-        if missing:
-            raise SSDError(f"no COCO category id for class(es) {', '.join(missing)}")
-        return [int(category_ids[c]) for c in class_names]
-    ids = [int(c) for c in category_ids]
-    if len(ids) != len(class_names):
-        raise SSDError(f"{len(ids)} category ids for {len(class_names)} classes")
-    return ids
-
-
-def _top_per_image(evaluation: Evaluation, max_per_image: int | None) -> np.ndarray:
-    """Indices of the detections kept when only the best ``max_per_image`` of each image count."""
-    n = evaluation.num_detections
-    if max_per_image is None:
-        return np.arange(n)
-    if max_per_image < 1:
-        raise SSDError(f"max_per_image must be positive, not {max_per_image}")
-    order = np.lexsort((-evaluation.det_scores, evaluation.det_image_idx))  # by image, then best score
-    img = evaluation.det_image_idx[order]
-    starts = np.searchsorted(img, img, side="left")
-    rank = np.arange(n) - starts
-    return np.sort(order[rank < max_per_image])
-
-
-def _coco_dets(
-    evaluation: Evaluation, image_ids: Sequence[Any], cat_ids: Sequence[int], max_per_image: int | None
-) -> list[dict[str, Any]]:
-    keep = _top_per_image(evaluation, max_per_image)
-    boxes = evaluation.det_boxes_xyxy_abs[keep]
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-    return [
-        {"image_id": image_ids[i], "category_id": cat_ids[label - 1], "bbox": [round(v, 4) for v in b],
-         "score": round(s, 6)}  # fmt: skip
-        for i, label, b, s in zip(
-            evaluation.det_image_idx[keep].tolist(), evaluation.det_labels[keep].tolist(), xywh.tolist(),
-            evaluation.det_scores[keep].tolist(),
-        )  # fmt: skip
-    ]
-
-
-def coco_results(
-    evaluation: Evaluation,
-    index: DatasetIndex | None = None,
-    *,
-    category_ids: Mapping[str, int] | Sequence[int] | None = None,
-    max_per_image: int | None = 100,
-) -> list[dict[str, Any]]:
-    """The detections as a COCO results list: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``
-    with ``bbox`` in continuous pixels of the original image (COCO's own convention).
-
-    Image ids are the index's, as integers where they are all digits (COCO indexes store COCO's integer ids).
-    ``category_ids`` maps class names (or gives, per label) COCO category ids; default: the labels 1..K.
-    Only the ``max_per_image`` best detections of each image are kept (COCO's limit is 100; ``None``: all).
-    ``index``, if given, must be the evaluated one (its image ids are checked).
-    """
-    if index is not None and tuple(r.id for r in index.images) != evaluation.image_ids:
-        raise SSDError(f"the index {index.name!r} is not the one evaluated (its image ids differ)")
-    image_ids = [_coco_image_id(i) for i in evaluation.image_ids]
-    return _coco_dets(evaluation, image_ids, _category_ids(evaluation.class_names, category_ids), max_per_image)
-
-
-def _import_pycocotools():
-    try:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-    except ImportError:
-        raise SSDError(
-            "COCO-style AP needs pycocotools: pip install pycocotools (or pip install 'ssd-detector[eval]')"
-        ) from None
-    return COCO, COCOeval
-
-
-def _coco_from(COCO, dataset: dict[str, Any]):
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
-def coco_metrics(
-    evaluation: Evaluation,
-    index: DatasetIndex,
-    *,
-    annotation_file: str | Path | None = None,
-    max_per_image: int | None = 100,
-) -> dict[str, float | None]:
-    """COCO-style AP through pycocotools: ``AP`` (IoU .50:.05:.95), ``AP50``, ``AP75``, ``APs``/``APm``/``APl``
-    (by object area), and the recalls ``AR1``, ``AR10``, ``AR100``, ``ARs``, ``ARm``, ``ARl``
-    (:data:`COCO_METRIC_NAMES`). A value pycocotools cannot compute (no object in an area range) is ``None``.
-
-    Ground truth: ``annotation_file`` (a COCO JSON; the index must have been built from it, its image ids and
-    class names are matched to the file's), or else the index itself: boxes as ``[x, y, w, h]``, area = box
-    area, and **difficult objects as** ``iscrowd=1``, the only way pycocotools ignores an object. That also
-    changes matching: a crowd region is tried only after every normal object, may absorb any number of
-    detections (all ignored), and its overlap is intersection over the *detection's* area.
-
-    Detections: only the ``max_per_image`` best of each image (COCO counts at most 100 per image; pycocotools
-    alone would cap per image *and class*). ``None`` hands all of them over.
-    """
-    COCO, COCOeval = _import_pycocotools()
-    if tuple(r.id for r in index.images) != evaluation.image_ids:
-        raise SSDError(f"the index {index.name!r} is not the one evaluated (its image ids differ)")
-    if annotation_file is not None:
-        path = Path(annotation_file)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                gt = COCO(str(path))
-        except FileNotFoundError:
-            raise SSDError(f"COCO annotation file not found: {path}") from None
-        except Exception as e:  # malformed JSON or structure
-            raise SSDError(f"{path}: cannot read COCO annotations: {type(e).__name__}: {e}") from None
-        by_str = {str(img["id"]): img["id"] for img in gt.dataset.get("images", [])}
-        unknown = [i for i in evaluation.image_ids if i not in by_str]
-        if unknown:
-            raise SSDError(f"{path}: image id {unknown[0]!r} of the index is not in the file")
-        image_ids = [by_str[i] for i in evaluation.image_ids]
-        cat_of_name = {c["name"]: c["id"] for c in gt.dataset.get("categories", [])}
-        cat_ids = _category_ids(evaluation.class_names, cat_of_name)
-    else:
-        image_ids = list(range(1, len(index.images) + 1))
-        cat_ids = list(range(1, len(index.classes) + 1))
-        annotations = []
-        for img_id, r in zip(image_ids, index.images):
-            b = np.asarray(r.boxes_xyxy_abs, dtype=np.float64).reshape(-1, 4)
-            for box, label, difficult in zip(b.tolist(), r.labels.tolist(), r.difficult.tolist()):
-                w, h = box[2] - box[0], box[3] - box[1]
-                annotations.append(
-                    {"id": len(annotations) + 1, "image_id": img_id, "category_id": int(label),
-                     "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": int(bool(difficult))}  # fmt: skip
-                )
-        gt = _coco_from(
-            COCO,
-            {
-                "images": [{"id": i, "width": r.width, "height": r.height} for i, r in zip(image_ids, index.images)],
-                "categories": [{"id": k, "name": c} for k, c in zip(cat_ids, index.classes)],
-                "annotations": annotations,
-            },
-        )
-    dets = _coco_dets(evaluation, image_ids, cat_ids, max_per_image)
-    for k, d in enumerate(dets, start=1):
-        d["id"] = k
-        d["area"] = d["bbox"][2] * d["bbox"][3]
-        d["iscrowd"] = 0
-    dt = _coco_from(
-        COCO,
-        {"images": list(gt.dataset["images"]), "categories": list(gt.dataset["categories"]), "annotations": dets},
-    )
-    coco_eval = COCOeval(gt, dt, "bbox")
-    coco_eval.params.imgIds = list(image_ids)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-        coco_eval.summarize()
-    return {name: (float(v) if v > -1 else None) for name, v in zip(COCO_METRIC_NAMES, coco_eval.stats.tolist())}
+    echoed = {
+        "min_score": settings.min_score, "max_overlap": settings.max_overlap, "top_k": settings.top_k,
+        "method": method, "batch_size": settings.batch_size, "device": str(run_on), "amp": "bf16" if use_amp else None,
+        "image_size": int(config.image_size), "preset": getattr(config, "preset", None), "decode_on_device": on_device,
+    }  # fmt: skip
+    return _make_evaluation(index, image_idx, labels, scores, boxes, method, started, echoed, failed)

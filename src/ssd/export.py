@@ -1,9 +1,16 @@
 """ONNX export of an SSD, and running the exported model with onnxruntime.
 
+::
+
+    SSD -> export_onnx -> MODEL.onnx (DecodedSSD: network, softmax, box decoding; ssd metadata)
+    images (N, 3, S, S) -> OnnxModel -> (boxes_xyxy_rel (N, P, 4), scores (N, P, C)) numpy
+      -> ssd.postprocess.postprocess_decoded (threshold, per-class NMS, top-k) -> detections
+
 What the ONNX graph holds, and what runs after it
 -------------------------------------------------
 
-The exported graph is :class:`DecodedSSD`: the network plus the softmax and the box decoding::
+The exported graph is :class:`ssd.postprocess.DecodedSSD`: the network plus the softmax and the box
+decoding::
 
     images  float32 (N, 3, S, S)  RGB in [0, 1], already resized to S x S (the model's input side;
                                    resize with antialiasing, as ``ssd detect`` and ``ssd eval`` do).
@@ -14,9 +21,9 @@ The exported graph is :class:`DecodedSSD`: the network plus the softmax and the 
 
 ``N`` is a dynamic axis (``--batch dynamic``, the default) or fixed (``--batch 4``). Thresholding,
 per-class non-maximum suppression and top-k run **after** onnxruntime, in
-:func:`postprocess_decoded` (torch/torchvision on the CPU, the same code the PyTorch path of
-:class:`ssd.detector.Detector` runs), because NMS inside an ONNX graph (``NonMaxSuppression``) is
-not exact: it has no per-image top-k across classes, treats its IoU threshold and score ties in
+:func:`ssd.postprocess.postprocess_decoded` (torch/torchvision on the CPU, the same code the PyTorch
+path of :class:`ssd.detector.Detector` runs), because NMS inside an ONNX graph (``NonMaxSuppression``)
+is not exact: it has no per-image top-k across classes, treats its IoU threshold and score ties in
 ways that differ between runtimes, and cannot reproduce the model's per-class candidate cap. The
 post-step, for every image::
 
@@ -36,13 +43,12 @@ MODEL.onnx`` and ``Detector.from_onnx`` use it.
 The exporter
 ------------
 
-We use torch's ``torch.export``-based exporter (``torch.onnx.export(..., dynamo=True)``), the
-default since torch 2.9: the TorchScript exporter (``dynamo=False``) is deprecated and announced
-for removal, so a file format we promise should not depend on it. It needs ``onnxscript`` (and
-``onnx``) at export time; it writes opset 18 or newer (converting the graph down to older opsets
-fails for this network). Running the file needs only ``onnxruntime``. All three imports are lazy:
-the rest of the package works without them, and a missing one is an :class:`~ssd.errors.SSDError`
-saying what to ``pip install``.
+torch's ``torch.export``-based exporter (``torch.onnx.export(..., dynamo=True)``): the TorchScript
+exporter (``dynamo=False``) is deprecated, and a file format we promise should not depend on it. It
+needs ``onnxscript`` (and ``onnx``) at export time and torch 2.6 or newer; it writes opset 18 or newer
+(this network's graph cannot be converted down to older opsets). Running the file needs only
+``onnxruntime``. All three imports are lazy: the rest of the package works without them, and a missing
+one is an :class:`~ssd.errors.SSDError` saying what to ``pip install``.
 """
 
 from __future__ import annotations
@@ -56,24 +62,16 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ssd.boxes import cxcywh_to_xyxy, decode
 from ssd.errors import SSDError
-from ssd.postprocess import Detections, select_detections
+from ssd.postprocess import DecodedSSD
 
-__all__ = [
-    "DEFAULT_OPSET",
-    "MIN_OPSET",
-    "DecodedSSD",
-    "OnnxModel",
-    "export_onnx",
-    "postprocess_decoded",
-]
+__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "OnnxModel", "export_onnx", "require_export_dependencies"]
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18
@@ -84,77 +82,11 @@ _PIP_EXPORT = "pip install onnx onnxscript onnxruntime"
 _PIP_RUN = "pip install onnxruntime"
 
 
-class DecodedSSD(nn.Module):
-    """An SSD followed by softmax and box decoding: ``images -> (boxes_xyxy_rel, scores)``.
-
-    ``boxes`` (N, P, 4) are xyxy fractions of the image (clipped to [0, 1] when the model's decoding
-    clips), ``scores`` (N, P, C) softmax scores with column 0 the background. This is the graph
-    :func:`export_onnx` writes; :func:`postprocess_decoded` turns its outputs into detections.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        loc_offsets, cls_logits = self.model(images)
-        decode_config = self.model.config.decode
-        scores = torch.softmax(cls_logits.float(), dim=-1)
-        priors = self.model.priors_cxcywh.float()
-        boxes = cxcywh_to_xyxy(decode(loc_offsets.float(), priors, decode_config.size_clamp))
-        if decode_config.clip_boxes:
-            boxes = boxes.clamp(0.0, 1.0)
-        return boxes, scores
-
-
-def postprocess_decoded(
-    boxes_xyxy_rel: Tensor | np.ndarray,
-    scores: Tensor | np.ndarray,
-    *,
-    min_score: float = 0.01,
-    max_overlap: float = 0.45,
-    top_k: int = 200,
-    candidates_per_class: int | None = None,
-    image_sizes: Sequence[tuple[int, int]] | Tensor | None = None,
-    suppress_labels: Sequence[int] = (),
-) -> list[Detections]:
-    """Detections from decoded outputs (the ONNX graph's, or :class:`DecodedSSD`'s).
-
-    Args:
-        boxes_xyxy_rel: (N, P, 4) xyxy fractions of the image.
-        scores: (N, P, C) softmax scores, column 0 background.
-        min_score: keep class scores strictly above this.
-        max_overlap: suppress boxes whose IoU with a better box of the same class exceeds this.
-        top_k: at most this many detections per image (the best scores).
-        candidates_per_class: at most this many best priors per image and class before NMS
-            (``ModelConfig.decode.candidates_per_class``; stored in the ONNX metadata).
-        image_sizes: (height, width) per original image; boxes are then in its pixels.
-        suppress_labels: labels (1..C-1) dropped before NMS and top-k.
-    Returns:
-        one :class:`~ssd.postprocess.Detections` per image, best score first; with
-        ``suppress_labels=()`` exactly what :func:`ssd.postprocess.postprocess` returns for the raw
-        outputs these were decoded from.
-    """
-    boxes = torch.as_tensor(boxes_xyxy_rel).float()
-    scores = torch.as_tensor(scores).float()
-    n, p, c = scores.shape
-    k = c - 1
-    scores = scores[..., 1:]
-    if len(suppress_labels):
-        keep_cls = torch.ones(k, dtype=torch.bool, device=scores.device)
-        keep_cls[torch.as_tensor([int(l) - 1 for l in suppress_labels], device=scores.device)] = False
-        scores = scores * keep_cls  # suppressed classes score 0, never above min_score >= 0
-
-    return select_detections(
-        boxes, scores, min_score=min_score, max_overlap=max_overlap, top_k=top_k,
-        candidates_per_class=candidates_per_class, image_sizes=image_sizes,
-    )  # fmt: skip
-
-
 # --- export --------------------------------------------------------------------------------------
 
 
-def _require_export_deps() -> Any:
+def require_export_dependencies() -> Any:
+    """The ``onnx`` module, once ``onnx`` and ``onnxscript`` import; :class:`SSDError` naming what to install."""
     missing = []
     for name in ("onnx", "onnxscript"):
         try:
@@ -171,8 +103,8 @@ def _require_export_deps() -> Any:
 def _require_onnxruntime() -> Any:
     try:
         import onnxruntime
-    except ImportError:
-        raise SSDError(f"running an ONNX model needs onnxruntime: {_PIP_RUN}") from None
+    except ImportError as err:
+        raise SSDError(f"running an ONNX model needs onnxruntime: {_PIP_RUN}") from err
     return onnxruntime
 
 
@@ -196,8 +128,82 @@ def _metadata(config, batch: int | None) -> dict[str, str]:
         "softmax, column 0 background, label i is class_names[i - 1]",
         "ssd.postprocess": "per image: scores[:, 1:] > min_score, at most candidates_per_class priors per "
         "class, greedy per-class NMS (IoU > max_overlap suppressed), best top_k; see "
-        "ssd.export.postprocess_decoded",
+        "ssd.postprocess.postprocess_decoded",
     }
+
+
+def _check_export_options(onnx: Any, opset: Any, batch: Any) -> None:
+    if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 6):
+        raise SSDError(f"ssd export needs torch >= 2.6 (its torch.export-based ONNX exporter); this is {torch.__version__}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise SSDError(f"opset {opset!r}: the exporter writes opset {MIN_OPSET} or newer")
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise SSDError(f"opset {opset}: the installed onnx knows opsets up to {newest}")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise SSDError(f"batch {batch!r}: give a positive batch size, or None for a dynamic batch")
+
+
+def _to_onnx(wrapper: nn.Module, image_size: int, opset: int, batch: int | None) -> Any:
+    """The wrapper's ONNX ModelProto, exported quietly (the exporter's logging and printing are silenced)."""
+    example_n = 2 if batch is None else batch  # a batch of 1 would let torch.export specialise the axis
+    example = torch.rand(example_n, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    kwargs: dict[str, Any] = {}
+    if batch is None:
+        kwargs["dynamic_shapes"] = {"images": {0: torch.export.Dim("batch", min=1)}}
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                wrapper, (example,), None, dynamo=True, verbose=False, opset_version=opset,
+                input_names=["images"], output_names=["boxes", "scores"], external_data=False, **kwargs,
+            )  # fmt: skip
+            return program.model_proto
+    except SSDError:
+        raise
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise SSDError(f"ONNX export failed (opset {opset}): {type(err).__name__}: {first}") from err
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _write_atomically(data: bytes, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        raise SSDError(f"{path}: cannot write ({err.strerror or err})") from err
+
+
+def _verify(wrapper: nn.Module, path: Path, image_size: int, batch: int | None) -> float | None:
+    """The largest difference between onnxruntime's outputs and PyTorch's on a random batch (``None`` without
+    onnxruntime); :class:`SSDError` above 1e-3."""
+    try:
+        _require_onnxruntime()
+    except SSDError:
+        return None
+    n = 3 if batch is None else batch
+    x = torch.rand(n, 3, image_size, image_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref_boxes, ref_scores = wrapper(x)
+    boxes, scores = OnnxModel(path, device="cpu")(x.numpy())
+    max_diff = float(max(np.abs(boxes - ref_boxes.numpy()).max(), np.abs(scores - ref_scores.numpy()).max()))
+    if not max_diff <= 1e-3:
+        raise SSDError(f"{path}: onnxruntime's outputs differ from PyTorch's by {max_diff:.3g} (> 1e-3)")
+    return max_diff
 
 
 def export_onnx(
@@ -210,6 +216,9 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Export an SSD (or the checkpoint at ``model``) to ONNX at ``path``; see the module docstring.
 
+    SSD -> copy on the CPU in eval mode -> DecodedSSD -> torch.onnx.export -> metadata -> onnx.checker -> file
+    (-> onnxruntime against PyTorch). The caller's model keeps its device and mode.
+
     Args:
         model: an :class:`~ssd.model.SSD` or a checkpoint path.
         path: the ``.onnx`` file to write (one self-contained file, written atomically).
@@ -221,50 +230,16 @@ def export_onnx(
         ``{"path", "opset", "batch", "max_abs_diff" (None without verification), "class_names",
         "image_size"}``.
     """
-    onnx = _require_export_deps()
-    if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 6):
-        raise SSDError(f"ssd export needs torch >= 2.6 (its torch.export-based ONNX exporter); this is {torch.__version__}")
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
-        raise SSDError(f"opset {opset!r}: the exporter writes opset {MIN_OPSET} or newer")
-    newest = onnx.defs.onnx_opset_version()
-    if opset > newest:
-        raise SSDError(f"opset {opset}: the installed onnx knows opsets up to {newest}")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise SSDError(f"batch {batch!r}: give a positive batch size, or None for a dynamic batch")
+    onnx = require_export_dependencies()
+    _check_export_options(onnx, opset, batch)
     if not isinstance(model, nn.Module):
         from ssd.checkpoint import load_model
 
         model = load_model(model)
-    model = copy.deepcopy(model).to("cpu").eval()  # the caller's model keeps its device and mode
+    model = copy.deepcopy(model).to("cpu").eval()
     config = model.config
-    s = config.image_size
     wrapper = DecodedSSD(model).eval()
-    example_n = 2 if batch is None else batch  # a batch of 1 would let torch.export specialise the axis
-    example = torch.rand(example_n, 3, s, s, generator=torch.Generator().manual_seed(0))
-    kwargs: dict[str, Any] = {}
-    if batch is None:
-        kwargs["dynamic_shapes"] = {"images": {0: torch.export.Dim("batch", min=1)}}
-    log = io.StringIO()
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir", "torch.export")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with contextlib.redirect_stdout(log), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                wrapper, (example,), None, dynamo=True, verbose=False, opset_version=opset,
-                input_names=["images"], output_names=["boxes", "scores"], external_data=False, **kwargs,
-            )  # fmt: skip
-            proto = program.model_proto
-    except SSDError:
-        raise
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise SSDError(f"ONNX export failed (opset {opset}): {type(e).__name__}: {first}") from None
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+    proto = _to_onnx(wrapper, config.image_size, opset, batch)
     got_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if got_opset != opset:
         raise SSDError(f"ONNX export wrote opset {got_opset}, not the requested {opset}; try --opset {got_opset}")
@@ -274,45 +249,18 @@ def export_onnx(
         entry.key, entry.value = key, value
     try:
         onnx.checker.check_model(proto)
-    except Exception as e:
-        raise SSDError(f"the exported graph does not pass onnx.checker: {e}") from None
-
+    except Exception as err:
+        raise SSDError(f"the exported graph does not pass onnx.checker: {err}") from err
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(proto.SerializeToString())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as e:
-        raise SSDError(f"{path}: cannot write ({e.strerror or e})") from None
-
-    max_diff = None
-    if verify:
-        try:
-            _require_onnxruntime()
-        except SSDError:
-            verify = False
-    if verify:
-        n = 3 if batch is None else batch
-        x = torch.rand(n, 3, s, s, generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():
-            ref_boxes, ref_scores = wrapper(x)
-        boxes, scores = OnnxModel(path, device="cpu")(x.numpy())
-        max_diff = float(max(np.abs(boxes - ref_boxes.numpy()).max(), np.abs(scores - ref_scores.numpy()).max()))
-        if not max_diff <= 1e-3:
-            raise SSDError(f"{path}: onnxruntime's outputs differ from PyTorch's by {max_diff:.3g} (> 1e-3)")
+    _write_atomically(proto.SerializeToString(), path)
+    max_diff = _verify(wrapper, path, config.image_size, batch) if verify else None
     return {
         "path": str(path),
         "opset": opset,
         "batch": "dynamic" if batch is None else batch,
         "max_abs_diff": max_diff,
         "class_names": list(config.class_names),
-        "image_size": s,
+        "image_size": config.image_size,
     }
 
 
@@ -324,7 +272,7 @@ class OnnxModel:
 
     ``images`` float32 (N, 3, S, S) RGB in [0, 1] (numpy or torch); returns numpy ``boxes``
     (N, P, 4) xyxy fractions and ``scores`` (N, P, C). ``class_names``, ``image_size`` and
-    ``candidates_per_class`` come from the file's metadata. ``device``: ``auto`` (CUDA when
+    ``candidates_per_class`` come from the file's metadata, ``num_priors`` (P) from its output shape. ``device``: ``auto`` (CUDA when
     onnxruntime has it), ``cpu`` or ``cuda[:N]``.
     """
 
@@ -353,9 +301,9 @@ class OnnxModel:
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            raise SSDError(f"{path}: onnxruntime cannot load it: {first}") from None
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise SSDError(f"{path}: onnxruntime cannot load it: {first}") from err
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("ssd.format") != FORMAT or "ssd.class_names" not in meta:
             raise SSDError(f"{path}: not written by `ssd export` (no ssd metadata); export it again")
@@ -365,8 +313,8 @@ class OnnxModel:
             self.image_size = int(meta["ssd.image_size"])
             cap = meta.get("ssd.candidates_per_class", "")
             self.candidates_per_class: int | None = int(cap) if cap else None
-        except (ValueError, KeyError, TypeError) as e:
-            raise SSDError(f"{path}: invalid ssd metadata ({e})") from None
+        except (ValueError, KeyError, TypeError) as err:
+            raise SSDError(f"{path}: invalid ssd metadata ({err})") from err
         if version > FORMAT_VERSION:
             raise SSDError(f"{path}: ssd-onnx format {version} is newer than this library reads; upgrade ssd")
         self.preset = meta.get("ssd.preset", "")
@@ -375,6 +323,8 @@ class OnnxModel:
         self._input_name = inputs[0].name
         batch_dim = inputs[0].shape[0]
         self.fixed_batch: int | None = batch_dim if isinstance(batch_dim, int) else None
+        priors_dim = self.session.get_outputs()[0].shape[1]
+        self.num_priors: int | None = priors_dim if isinstance(priors_dim, int) else None
 
     @property
     def num_classes(self) -> int:

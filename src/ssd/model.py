@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssd.config import ModelConfig, get_preset
+from ssd.placement import InferencePlacement
 from ssd.postprocess import Detections, postprocess
 from ssd.priors import priors_for
 
@@ -201,15 +202,13 @@ class SSD(nn.Module):
     ) -> list[Detections]:
         """Detections for a batch of images (N, 3, S, S) RGB in [0, 1]: one record per image.
 
-        Boxes are ``xyxy_rel`` unless ``image_sizes`` ((height, width) per image of the original
-        images) is given, then ``xyxy_abs`` in those pixels. Defaults are the paper's test settings.
+        images -> (eval mode, on the model's device) forward -> postprocess -> Detections per image. Boxes are
+        ``xyxy_rel`` unless ``image_sizes`` ((height, width) per image of the original images) is given, then
+        ``xyxy_abs`` in those pixels. Defaults are the paper's test settings. The model's mode is restored
+        afterwards and its memory format left as it is.
         """
-        was_training = self.training
-        self.eval()
-        try:
-            loc_offsets, cls_logits = self(images)
-        finally:
-            self.train(was_training)
+        with InferencePlacement(self, channels_last=False) as placed:
+            loc_offsets, cls_logits = placed.model(placed.inputs(images))
         return postprocess(
             loc_offsets, cls_logits, self.priors_cxcywh, self.config.decode,
             min_score=min_score, max_overlap=max_overlap, top_k=top_k, image_sizes=image_sizes,

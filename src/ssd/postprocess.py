@@ -1,5 +1,12 @@
 """From raw network outputs to detections: softmax, decode, threshold, per-class NMS, top-k.
 
+Two routes, with the same detections (tested exactly)::
+
+    loc_offsets (N, P, 4), cls_logits (N, P, C)
+      -> postprocess()                     candidates above min_score decoded, NMS, top-k    -> Detections
+      -> decode_outputs() / DecodedSSD     boxes_xyxy_rel (N, P, 4), scores (N, P, C) softmax (the ONNX graph)
+         -> postprocess_decoded()          threshold, suppressed classes, NMS, top-k         -> Detections
+
 The whole batch is processed at once: candidates of every image and class are gathered in one
 pass, suppressed with exact greedy NMS per (image, class) group, and the best ``top_k`` per image
 are kept. NMS runs on the original coordinates of each group (no coordinate-offset trick, whose
@@ -10,17 +17,17 @@ the result equals a slow per-image, per-class reference exactly.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, NamedTuple, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.ops import nms
 
 from ssd.boxes import cxcywh_to_xyxy, decode
 from ssd.config import DecodeConfig
-from ssd.errors import SSDError
+from ssd.settings import check_setting
 
 
 class Detections(NamedTuple):
@@ -44,17 +51,11 @@ CPU_MATRIX_MAX_GROUP = 64
 
 
 def check_settings(min_score: Any, max_overlap: Any, top_k: Any, prefix: str = "") -> None:
-    """The one rule for the decoding settings of every command and API: scores and overlaps in [0, 1]
-    (an overlap of 0 suppresses any box touching a better one), top_k a positive integer. Raises
-    :class:`SSDError` naming the setting as ``prefix + name`` (``--`` and dashes for the command line)."""
-    def name(key: str) -> str:
-        return prefix + (key.replace("_", "-") if prefix == "--" else key)
-
-    for key, value in (("min_score", min_score), ("max_overlap", max_overlap)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:  # NaN too
-            raise SSDError(f"{name(key)} must be in [0, 1], got {value!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
-        raise SSDError(f"{name('top_k')} must be a positive integer, got {top_k!r}")
+    """The decoding settings' ranges (:func:`ssd.settings.check_setting`, the one rule of every command and
+    API): scores and overlaps in [0, 1], top_k a positive integer. Raises :class:`~ssd.errors.SSDError` naming
+    the setting as ``prefix + name`` (``--`` and dashes for the command line)."""
+    for name, value in (("min_score", min_score), ("max_overlap", max_overlap), ("top_k", top_k)):
+        check_setting(name, value, prefix)
 
 
 def grouped_nms(
@@ -332,3 +333,74 @@ def _select(
             cand_boxes.split(per_image), cls.split(per_image), cand_scores.split(per_image)
         )
     ]
+
+
+# --- decoding every prior: the exported graph's outputs, and what runs after it -------------------------
+
+
+def decode_outputs(
+    loc_offsets: Tensor, cls_logits: Tensor, priors_cxcywh: Tensor, decode_config: DecodeConfig
+) -> tuple[Tensor, Tensor]:
+    """Raw outputs -> ``(boxes_xyxy_rel (N, P, 4), scores (N, P, C))`` for every prior: the box decoding (clipped
+    to [0, 1] when ``decode_config`` clips) and the softmax, column 0 the background. float32."""
+    scores = torch.softmax(cls_logits.float(), dim=-1)
+    boxes_xyxy_rel = cxcywh_to_xyxy(decode(loc_offsets.float(), priors_cxcywh.float(), decode_config.size_clamp))
+    if decode_config.clip_boxes:
+        boxes_xyxy_rel = boxes_xyxy_rel.clamp(0.0, 1.0)
+    return boxes_xyxy_rel, scores
+
+
+class DecodedSSD(nn.Module):
+    """An SSD followed by softmax and box decoding: ``images (N, 3, S, S) -> (boxes_xyxy_rel, scores)``.
+
+    ``boxes_xyxy_rel`` (N, P, 4) are xyxy fractions of the image, ``scores`` (N, P, C) softmax scores with column
+    0 the background (:func:`decode_outputs`). This is the graph :func:`ssd.export.export_onnx` writes and the
+    Detector runs; :func:`postprocess_decoded` turns its outputs into detections.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        loc_offsets, cls_logits = self.model(images)
+        return decode_outputs(loc_offsets, cls_logits, self.model.priors_cxcywh, self.model.config.decode)
+
+
+def postprocess_decoded(
+    boxes_xyxy_rel: Tensor | np.ndarray,
+    scores: Tensor | np.ndarray,
+    *,
+    min_score: float = 0.01,
+    max_overlap: float = 0.45,
+    top_k: int = 200,
+    candidates_per_class: int | None = None,
+    image_sizes: Sequence[tuple[int, int]] | Tensor | None = None,
+    suppress_labels: Sequence[int] = (),
+) -> list[Detections]:
+    """Detections from decoded outputs (the ONNX graph's, or :class:`DecodedSSD`'s).
+
+    Args:
+        boxes_xyxy_rel: (N, P, 4) xyxy fractions of the image.
+        scores: (N, P, C) softmax scores, column 0 background.
+        min_score: keep class scores strictly above this.
+        max_overlap: suppress boxes whose IoU with a better box of the same class exceeds this.
+        top_k: at most this many detections per image (the best scores).
+        candidates_per_class: at most this many best priors per image and class before NMS
+            (``ModelConfig.decode.candidates_per_class``; stored in the ONNX metadata).
+        image_sizes: (height, width) per original image; boxes are then in its pixels.
+        suppress_labels: labels (1..C-1) dropped before NMS and top-k.
+    Returns:
+        one :class:`Detections` per image, best score first; with ``suppress_labels=()`` exactly what
+        :func:`postprocess` returns for the raw outputs these were decoded from.
+    """
+    boxes = torch.as_tensor(boxes_xyxy_rel).float()
+    fg_scores = torch.as_tensor(scores).float()[..., 1:]
+    if len(suppress_labels):
+        keep_cls = torch.ones(fg_scores.shape[-1], dtype=torch.bool, device=fg_scores.device)
+        keep_cls[torch.as_tensor([int(l) - 1 for l in suppress_labels], device=fg_scores.device)] = False
+        fg_scores = fg_scores * keep_cls  # suppressed classes score 0, never above min_score >= 0
+    return select_detections(
+        boxes, fg_scores, min_score=min_score, max_overlap=max_overlap, top_k=top_k,
+        candidates_per_class=candidates_per_class, image_sizes=image_sizes,
+    )  # fmt: skip

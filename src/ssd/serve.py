@@ -21,10 +21,15 @@ Endpoints:
   version), ``GET /stats`` (requests, batches, batched images, largest batch, rejections), ``GET /``
   (the web page, from ``ssd/static``).
 
-Requests that arrive within ``batch_window_ms`` of each other are stacked into one forward pass (at most
-``max_batch`` images); each request's own settings are applied afterwards, in the detector's decoding
-(thresholds, per-class NMS, top-k). Images are decoded and resized in the server's worker threads, in
-parallel; only the forward pass and decoding run in the single batching thread.
+The way of a request::
+
+    upload -> decode_upload (uint8 RGB, upright) -> Detector.prepare      (worker threads, in parallel)
+    query/form fields -> parse_settings -> Detector.resolve                (checked completely, else 422)
+      -> Batcher: requests arriving within ``batch_window_ms`` of each other, at most ``max_batch``
+         -> Detector.run_batch (one forward pass) -> Detector.finish (each request's own settings)
+      -> ImageDetections.to_dict() + the settings used (+ annotated PNG)
+
+The limits are a :class:`ServeLimits`; ``create_app(detector, limits=ServeLimits(max_batch=8))``.
 
 Errors are JSON ``{"detail": "message"}``: 400 (no image, or a bad field), 413 (upload over
 ``max_upload_bytes`` or image over ``max_pixels``), 415 (not an image), 422 (a damaged image or a bad
@@ -37,6 +42,7 @@ import base64
 import concurrent.futures
 import io
 import logging
+import math
 import queue
 import threading
 import time
@@ -45,10 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ssd.errors import SSDError
+from ssd.settings import DECODING_SETTINGS, DetectSettings, setting_spec
 
 __all__ = ["create_app", "require_serve_dependencies", "STATIC_DIR", "ServeLimits"]
 
@@ -79,14 +85,30 @@ class HTTPProblem(Exception):
         self.message = message
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServeLimits:
+    """The service's limits: ``max_upload_bytes`` (larger uploads: 413), ``max_pixels`` (width x height; larger
+    images: 413), ``batch_window_ms`` (how long the batcher waits for more requests; 0: no wait), ``max_batch``
+    (images per forward pass), ``queue_size`` (requests waiting; more: 503) and ``request_timeout_s`` (then 504).
+    Validated on construction."""
+
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     batch_window_ms: float = 5.0
     max_batch: int = 16
     queue_size: int = 64
     request_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "max_pixels", "max_batch", "queue_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SSDError(f"{name} must be a positive integer, got {v!r}")
+        for name, low in (("batch_window_ms", 0.0), ("request_timeout_s", None)):
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok or (v < 0 if low is not None else v <= 0):
+                raise SSDError(f"{name} must be a {'non-negative' if low is not None else 'positive'} number, got {v!r}")
 
 
 # --- images ---------------------------------------------------------------------------------------
@@ -113,14 +135,14 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> torch.Tensor:
             raise HTTPProblem(413, f"{name}: image of {w} x {h} pixels is over the limit of {max_pixels} pixels")
     except HTTPProblem:
         raise
-    except Image.DecompressionBombError:
-        raise HTTPProblem(413, f"{name}: image too large (over the decompression-bomb limit)") from None
+    except Image.DecompressionBombError as err:
+        raise HTTPProblem(413, f"{name}: image too large (over the decompression-bomb limit)") from err
     except Exception:
         header_ok = False
     try:
         image = decode_image_bytes(data, name)
-    except SSDError as e:
-        raise HTTPProblem(422 if header_ok else 415, str(e)) from None
+    except SSDError as err:
+        raise HTTPProblem(422 if header_ok else 415, str(err)) from err
     if image.shape[1] * image.shape[2] > max_pixels:
         raise HTTPProblem(413, f"{name}: image of {image.shape[2]} x {image.shape[1]} pixels is over the limit of {max_pixels} pixels")
     return image
@@ -131,10 +153,8 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> torch.Tensor:
 
 @dataclass
 class _Job:
-    tensor: torch.Tensor  # preprocessed (3, S, S) float
-    size: tuple[int, int]  # original (height, width)
-    settings: dict[str, Any]
-    source: str
+    image: Any  # a PreparedImage (Detector.prepare)
+    settings: DetectSettings  # checked (Detector.resolve)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
@@ -170,6 +190,10 @@ class Batcher:
         out["max_batch"] = self.max_batch
         out["queue_size"] = self.queue.maxsize
         return out
+
+    def running(self) -> bool:
+        """Whether the batching thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
         """Open for requests (the service's start-up); also after a stop()."""
@@ -259,33 +283,9 @@ class Batcher:
                 j.future.set_result(r)
 
     def _detect(self, jobs: list[_Job]):
-        """One forward pass for all jobs; each job's settings applied in the decoding (as Detector._detect)."""
-        from ssd.detector import ImageDetections, _readonly
-        from ssd.export import postprocess_decoded
-
-        det = self.detector
-        batch = torch.stack([j.tensor for j in jobs])
-        boxes_all, scores_all = det._decoded_outputs(batch)
-        names = det.class_names
-        out = []
-        for i, j in enumerate(jobs):
-            s = j.settings
-            h, w = j.size
-            d = postprocess_decoded(
-                boxes_all[i : i + 1], scores_all[i : i + 1], min_score=s["min_score"], max_overlap=s["max_overlap"],
-                top_k=s["top_k"], candidates_per_class=det.candidates_per_class, image_sizes=[(h, w)],
-                suppress_labels=[names.index(c) + 1 for c in s["suppress"]],
-            )[0]  # fmt: skip
-            labels = d.labels.cpu().numpy().astype(np.int64)
-            boxes = d.boxes.float().cpu().numpy().reshape(-1, 4)
-            boxes = np.clip(boxes, 0.0, np.array([w, h, w, h], dtype=np.float32))
-            out.append(
-                ImageDetections(
-                    boxes=_readonly(boxes), scores=_readonly(d.scores.float().cpu().numpy()), labels=_readonly(labels),
-                    class_names=tuple(names[int(l) - 1] for l in labels), image_size=(h, w), source=j.source,
-                )  # fmt: skip
-            )
-        return out
+        """One forward pass for all jobs, each job's own settings in the decoding: the Detector's steps."""
+        images = [j.image for j in jobs]
+        return self.detector.finish(self.detector.run_batch(images), images, [j.settings for j in jobs])
 
 
 # --- settings ---------------------------------------------------------------------------------------
@@ -295,25 +295,20 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def parse_settings(params: dict[str, str], detector) -> tuple[dict[str, Any], bool]:
-    """Query/form strings -> (detector settings, annotated). Raises HTTPProblem(422) on a bad value."""
-    from ssd.detector import _check_settings
-
-    known = {"min_score", "max_overlap", "top_k", "suppress", "annotated"}
+def parse_settings(params: dict[str, str], detector) -> tuple[DetectSettings, bool]:
+    """Query/form strings -> (the detector's settings with the request's overrides, checked completely by
+    :meth:`~ssd.detector.Detector.resolve`; annotated). Raises HTTPProblem(422) on a bad value."""
+    known = {*DECODING_SETTINGS, "annotated"}
     unknown = sorted(set(params) - known)
     if unknown:
         raise HTTPProblem(422, f"unknown parameter {unknown[0]!r}; parameters are: {', '.join(sorted(known))}")
-    s = dict(detector.settings)
-    for key, conv in (("min_score", float), ("max_overlap", float), ("top_k", int)):
+    overrides: dict[str, Any] = {}
+    for key in DECODING_SETTINGS:
         if key in params:
             try:
-                s[key] = conv(params[key])
-            except ValueError:
-                raise HTTPProblem(422, f"{key}: {params[key]!r} is not a{'n integer' if conv is int else ' number'}") from None
-            if conv is float and s[key] != s[key]:
-                raise HTTPProblem(422, f"{key} must be in [0, 1], got nan")
-    if "suppress" in params:
-        s["suppress"] = tuple(c.strip() for c in params["suppress"].split(",") if c.strip())
+                overrides[key] = setting_spec(key).parse(params[key])
+            except ValueError as err:
+                raise HTTPProblem(422, f"{key}: {err}") from err
     annotated = False
     if "annotated" in params:
         v = params["annotated"].strip().lower()
@@ -321,10 +316,9 @@ def parse_settings(params: dict[str, str], detector) -> tuple[dict[str, Any], bo
             raise HTTPProblem(422, f"annotated: {params['annotated']!r} is not true or false")
         annotated = v in _TRUE
     try:
-        s = _check_settings(s, detector.class_names)
-    except SSDError as e:
-        raise HTTPProblem(422, str(e)) from None
-    return s, annotated
+        return detector.resolve(**overrides), annotated
+    except SSDError as err:
+        raise HTTPProblem(422, str(err)) from err
 
 
 def _annotated_png(image: torch.Tensor, dets) -> str:
@@ -351,41 +345,126 @@ def model_info(detector, checkpoint_format_version: int | None = None) -> dict[s
         "class_colors": ["#%02x%02x%02x" % class_color(i + 1) for i in range(len(detector.class_names))],
         "checkpoint_format_version": checkpoint_format_version,
         "device": str(detector.device),
-        "defaults": {k: (list(v) if isinstance(v, tuple) else v) for k, v in detector.settings.items() if k != "batch_size"},
+        "defaults": detector.settings.decoding_dict(),
     }
 
 
 # --- the app ----------------------------------------------------------------------------------------
 
 
-def create_app(
-    detector,
-    *,
-    max_upload_bytes: int = ServeLimits.max_upload_bytes,
-    max_pixels: int = ServeLimits.max_pixels,
-    batch_window_ms: float = ServeLimits.batch_window_ms,
-    max_batch: int = ServeLimits.max_batch,
-    queue_size: int = ServeLimits.queue_size,
-    request_timeout_s: float = ServeLimits.request_timeout_s,
-    checkpoint_format_version: int | None = None,
-):
-    """A FastAPI app serving ``detector`` (a :class:`ssd.detector.Detector`); see the module docstring."""
+async def _read_body(request, max_upload_bytes: int) -> bytes:
+    """The request body, refused with 413 as soon as it is over ``max_upload_bytes``."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise HTTPProblem(400, "bad Content-Length header") from None
+        if declared > max_upload_bytes:
+            raise HTTPProblem(413, f"upload of {declared} bytes is over the limit of {max_upload_bytes} bytes")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > max_upload_bytes:
+            raise HTTPProblem(413, f"upload over the limit of {max_upload_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_NO_IMAGE = "no image: send a multipart file field named 'image' (or the image as the raw body)"
+
+
+async def _multipart_image(request, body: bytes, params: dict[str, str]) -> tuple[bytes, str]:
+    """The file field ``image`` of a multipart body (already read) and its file name; the other fields go to
+    ``params``."""
+    from starlette.requests import Request
+
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=4, max_fields=32)
+    except Exception as err:
+        raise HTTPProblem(400, f"cannot parse the multipart form: {getattr(err, 'detail', err)}") from err
+    image, name = None, "<upload>"
+    for key, value in form.multi_items():
+        if hasattr(value, "read"):  # an UploadFile
+            if key != "image":
+                raise HTTPProblem(400, f"unexpected file field {key!r}: send the image in the field 'image'")
+            image, name = await value.read(), (value.filename or "<upload>")
+        elif key == "image":
+            raise HTTPProblem(400, "field 'image' must be a file upload, not text")
+        else:
+            params[key] = str(value)
+    await form.close()
+    if image is None:
+        raise HTTPProblem(400, _NO_IMAGE)
+    return image, name
+
+
+async def _image_and_params(request, max_upload_bytes: int) -> tuple[bytes, str, dict[str, str]]:
+    """(image bytes, file name, settings fields) of a ``POST /detect``: multipart or a raw body."""
+    params = dict(request.query_params)
+    body = await _read_body(request, max_upload_bytes)
+    ctype = request.headers.get("content-type", "").lower()
+    if ctype.startswith("multipart/form-data"):
+        image, name = await _multipart_image(request, body, params)
+        return image, name, params
+    if ctype.startswith(("application/x-www-form-urlencoded", "text/", "application/json")):
+        raise HTTPProblem(415, f"send the image as multipart field 'image' or as the raw body, not {ctype.split(';')[0]}")
+    if not body:
+        raise HTTPProblem(400, _NO_IMAGE)
+    return body, "<upload>", params
+
+
+def _add_error_handlers(app, batcher: Batcher) -> None:
+    """Every error answer is ``{"detail": message}``; an unexpected one is a 500 with a one-line message."""
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    def problem(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"detail": message}, status_code=status)
+
+    @app.exception_handler(HTTPProblem)
+    async def _on_problem(request, exc: HTTPProblem):
+        batcher.count("client_errors" if exc.status < 500 else ("rejected_queue_full" if exc.status == 503 else "timeouts"))
+        return problem(exc.status, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http(request, exc: StarletteHTTPException):
+        return problem(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _on_error(request, exc: Exception):
+        log.error("internal error on %s: %s: %s", request.url.path, type(exc).__name__, exc)
+        batcher.count("server_errors")
+        return problem(500, f"internal error: {type(exc).__name__}")
+
+
+def create_app(detector, limits: ServeLimits | None = None, *, checkpoint_format_version: int | None = None):
+    """A FastAPI app serving ``detector`` (a :class:`ssd.detector.Detector`) within ``limits`` (default
+    :class:`ServeLimits`); see the module docstring."""
     require_serve_dependencies()
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from ssd.detector import _preprocess
-
+    limits = ServeLimits() if limits is None else limits
     if checkpoint_format_version is None and getattr(detector, "backend", None) == "torch":
         from ssd.checkpoint import FORMAT_VERSION
 
         checkpoint_format_version = FORMAT_VERSION
-    batcher = Batcher(detector, window_s=batch_window_ms / 1000.0, max_batch=max_batch, queue_size=queue_size)
+    batcher = Batcher(detector, window_s=limits.batch_window_ms / 1000.0, max_batch=limits.max_batch,
+                      queue_size=limits.queue_size)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app):
@@ -396,98 +475,24 @@ def create_app(
             batcher.stop()
 
     app = FastAPI(title="ssd detection service", lifespan=lifespan, docs_url="/docs", redoc_url=None)
-    app.state.batcher = batcher
-    app.state.detector = detector
+    app.state.batcher, app.state.detector, app.state.limits = batcher, detector, limits
     info = model_info(detector, checkpoint_format_version)
-
-    def problem(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"detail": message}, status_code=status)
-
-    @app.exception_handler(HTTPProblem)
-    async def _on_problem(request: Request, exc: HTTPProblem):
-        batcher.count("client_errors" if exc.status < 500 else ("rejected_queue_full" if exc.status == 503 else "timeouts"))
-        return problem(exc.status, exc.message)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _on_http(request: Request, exc: StarletteHTTPException):
-        return problem(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _on_error(request: Request, exc: Exception):
-        log.error("internal error on %s: %s: %s", request.url.path, type(exc).__name__, exc)
-        batcher.count("server_errors")
-        return problem(500, f"internal error: {type(exc).__name__}")
-
-    async def read_body(request: Request) -> bytes:
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                if int(length) > max_upload_bytes:
-                    raise HTTPProblem(413, f"upload of {int(length)} bytes is over the limit of {max_upload_bytes} bytes")
-            except ValueError:
-                raise HTTPProblem(400, "bad Content-Length header") from None
-        chunks, total = [], 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > max_upload_bytes:
-                raise HTTPProblem(413, f"upload over the limit of {max_upload_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    async def image_and_params(request: Request) -> tuple[bytes, str, dict[str, str]]:
-        params = dict(request.query_params)
-        body = await read_body(request)
-        ctype = request.headers.get("content-type", "").lower()
-        if ctype.startswith("multipart/form-data"):
-            sent = False
-
-            async def replay():
-                nonlocal sent
-                if sent:
-                    return {"type": "http.disconnect"}
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            try:
-                form = await Request(request.scope, replay).form(max_files=4, max_fields=32)
-            except Exception as e:
-                raise HTTPProblem(400, f"cannot parse the multipart form: {getattr(e, 'detail', e)}") from None
-            image, name = None, "<upload>"
-            for key, value in form.multi_items():
-                if hasattr(value, "read"):  # an UploadFile
-                    if key != "image":
-                        raise HTTPProblem(400, f"unexpected file field {key!r}: send the image in the field 'image'")
-                    image, name = await value.read(), (value.filename or "<upload>")
-                elif key == "image":
-                    raise HTTPProblem(400, "field 'image' must be a file upload, not text")
-                else:
-                    params[key] = str(value)
-            await form.close()
-            if image is None:
-                raise HTTPProblem(400, "no image: send a multipart file field named 'image' (or the image as the raw body)")
-            return image, name, params
-        if ctype.startswith("application/x-www-form-urlencoded") or ctype.startswith("text/") or ctype.startswith("application/json"):
-            raise HTTPProblem(415, f"send the image as multipart field 'image' or as the raw body, not {ctype.split(';')[0]}")
-        if not body:
-            raise HTTPProblem(400, "no image: send a multipart file field named 'image' (or the image as the raw body)")
-        return body, "<upload>", params
+    _add_error_handlers(app, batcher)
 
     @app.post("/detect")
     async def detect(request: Request):
         batcher.count("requests")
-        data, name, params = await image_and_params(request)
+        data, name, params = await _image_and_params(request, limits.max_upload_bytes)
         settings, annotated = parse_settings(params, detector)
-        image = await run_in_threadpool(decode_upload, data, name, max_pixels)
-        tensor = await run_in_threadpool(_preprocess, image, detector.image_size)
-        job = _Job(tensor=tensor, size=(int(image.shape[1]), int(image.shape[2])), settings=settings, source=name)
-        fut = batcher.submit(job)
+        image = await run_in_threadpool(decode_upload, data, name, limits.max_pixels)
+        prepared = await run_in_threadpool(detector.prepare, image, name)
+        fut = batcher.submit(_Job(image=prepared, settings=settings))
         try:
-            dets = await asyncio.wait_for(asyncio.wrap_future(fut), timeout=request_timeout_s)
+            dets = await asyncio.wait_for(asyncio.wrap_future(fut), timeout=limits.request_timeout_s)
         except asyncio.TimeoutError:
             fut.cancel()
-            raise HTTPProblem(504, f"no answer within {request_timeout_s:g} s (the service is overloaded)") from None
-        out = dets.to_dict()
-        out["settings"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items() if k != "batch_size"}
+            raise HTTPProblem(504, f"no answer within {limits.request_timeout_s:g} s (the service is overloaded)") from None
+        out = {**dets.to_dict(), "settings": settings.decoding_dict()}
         if annotated:
             out["annotated_png"] = await run_in_threadpool(_annotated_png, image, dets)
         batcher.count("completed")
@@ -495,8 +500,7 @@ def create_app(
 
     @app.get("/health")
     async def health():
-        alive = batcher._thread is not None and batcher._thread.is_alive()
-        return {"status": "ok" if alive else "starting", "queued": batcher.queue.qsize()}
+        return {"status": "ok" if batcher.running() else "starting", "queued": batcher.queue.qsize()}
 
     @app.get("/model")
     async def model():

@@ -20,11 +20,10 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ssd.cli.checks import create_dirs, writable_dir, writable_file
+from ssd.cli.checks import add_setting_options, create_dirs, settings_from_args, writable_dir, writable_file
 from ssd.errors import SSDError
 
 EXIT_SOME_FAILED = 1
@@ -35,32 +34,13 @@ _PIL_FORMATS = {
 }  # fmt: skip
 
 
-def _unit_interval(option: str):
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not 0.0 <= v <= 1.0:  # also refuses NaN
-            raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]")
-        return v
-
-    parse.__name__ = option
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not positive (give 1 or more)")
-    return v
+_SETTINGS = ("min_score", "max_overlap", "top_k", "suppress", "batch_size")
+"""The DetectSettings fields ``ssd detect`` has options for (all of them)."""
 
 
 def register(sub) -> None:
-    from ssd.detector import DEFAULTS
+    from ssd.device import DEVICE_HELP
+    from ssd.settings import DetectSettings
 
     p = sub.add_parser(
         "detect",
@@ -78,16 +58,8 @@ def register(sub) -> None:
     p.add_argument("paths", nargs="+", metavar="CHECKPOINT INPUT", help="an ssd checkpoint (not with --onnx), then image files and folders")
     p.add_argument("--out", default="detections", metavar="DIR", help="folder for the annotated copies (default: detections)")
     p.add_argument("--json", metavar="FILE", help="write every detection to this JSON file")
-    p.add_argument("--min-score", type=_unit_interval("--min-score"), default=DEFAULTS["min_score"], metavar="SCORE",
-                   help=f"keep detections scoring above this, in [0, 1] (default {DEFAULTS['min_score']})")
-    p.add_argument("--max-overlap", type=_unit_interval("--max-overlap"), default=DEFAULTS["max_overlap"], metavar="IOU",
-                   help="per-class NMS: suppress boxes overlapping a better one by more than this IoU, "
-                   f"in [0, 1] (default {DEFAULTS['max_overlap']})")
-    p.add_argument("--top-k", type=_positive_int, default=DEFAULTS["top_k"], metavar="K", help=f"at most this many detections per image (default {DEFAULTS['top_k']})")
-    p.add_argument("--suppress", action="append", default=[], metavar="CLASS[,CLASS]",
-                   help="never report these classes (repeat the option or separate names by commas)")
-    p.add_argument("--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps (default auto: CUDA if available)")
-    p.add_argument("--batch-size", type=_positive_int, default=DEFAULTS["batch_size"], metavar="N", help=f"images per forward pass (default {DEFAULTS['batch_size']})")
+    add_setting_options(p, DetectSettings(), _SETTINGS)
+    p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
     p.add_argument("--onnx", metavar="MODEL.onnx", help="run this exported model with onnxruntime instead of a checkpoint")
     p.set_defaults(func=run)
 
@@ -120,9 +92,10 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
     v["inputs"] = [Path(p) for p in paths]
     v["out"] = writable_dir(args.out, "--out")
     v["json"] = writable_file(args.json, "--json") if args.json else None
-    suppress = [c.strip() for item in args.suppress for c in item.split(",") if c.strip()]
-    v["suppress"] = suppress
     from ssd.device import resolve_device
+    from ssd.settings import DetectSettings
+
+    v["settings"] = settings_from_args(args, DetectSettings(), _SETTINGS)
 
     if args.onnx:
         if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
@@ -202,23 +175,76 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
-def run(args: argparse.Namespace) -> int:
-    from ssd.detector import Detector, load_image
-    from ssd.visualize import draw_detections
+def _load_detector(v: dict[str, Any]):
+    """The detector of the validated options, its settings checked against the model (``--suppress`` classes,
+    ``--top-k`` at most its prior count)."""
+    from ssd.detector import Detector
 
-    v = _validate(args)
-    settings = dict(min_score=args.min_score, max_overlap=args.max_overlap, top_k=args.top_k, batch_size=args.batch_size)
     if v["onnx"] is not None:
-        detector = Detector.from_onnx(v["onnx"], device=v["device"], **settings)
+        detector = Detector.from_onnx(v["onnx"], device=v["device"])
     else:
-        detector = Detector.from_checkpoint(v["checkpoint"], device=v["device"], **settings)
-    if v["suppress"]:
-        unknown = [c for c in v["suppress"] if c not in detector.class_names]
-        if unknown:
-            raise SSDError(
-                f"--suppress {unknown[0]}: not a class of this model; its classes are: {', '.join(detector.class_names)}"
-            )
-        detector.settings["suppress"] = tuple(v["suppress"])
+        detector = Detector.from_checkpoint(v["checkpoint"], device=v["device"])
+    detector.settings = detector.checked(v["settings"], prefix="--")
+    return detector
+
+
+class _Run:
+    """Detections of every file, in batches of the detector's batch size: load_image (a failure is reported and
+    the file skipped) -> Detector.prepare -> Detector.run_batch -> Detector.finish -> annotated copy and record."""
+
+    def __init__(self, detector, out_dir: Path, bar) -> None:
+        self.detector, self.out_dir, self.bar = detector, out_dir, bar
+        self.records: list[dict[str, Any]] = []
+        self.failed: list[dict[str, str]] = []
+        self.n_detections = 0
+        self.pending: list[tuple[Path, Path, Any, Any]] = []  # file, output path, uint8 image, PreparedImage
+
+    def report(self, file: Path, reason: str) -> None:
+        from tqdm import tqdm
+
+        self.failed.append({"file": str(file), "error": reason})
+        tqdm.write(f"ssd detect: skipped {file}: {reason}", file=sys.stderr)
+        self.bar.update(1)
+
+    def add(self, file: Path, out_rel: Path) -> None:
+        from ssd.detector import load_image
+
+        try:
+            image = load_image(file)
+        except SSDError as err:
+            msg, prefix = str(err), f"{file}: "
+            self.report(file, msg[len(prefix):] if msg.startswith(prefix) else msg)
+            return
+        self.pending.append((file, out_rel, image, self.detector.prepare(image, source=str(file))))
+        if len(self.pending) >= self.detector.settings.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        from PIL import Image
+
+        from ssd.visualize import draw_detections
+
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        prepared = [p for _, _, _, p in batch]
+        dets = self.detector.finish(self.detector.run_batch(prepared), prepared, self.detector.settings)
+        for (file, out_rel, image, _), det in zip(batch, dets):
+            out_path = self.out_dir / out_rel
+            try:
+                _save(draw_detections(Image.fromarray(image.permute(1, 2, 0).numpy()), det), out_path)
+            except OSError as err:
+                self.report(file, f"cannot write {out_path}: {err.strerror or err}")
+                continue
+            rec = det.to_dict()
+            self.records.append({"file": rec.pop("source"), "output": str(out_path), **rec})
+            self.n_detections += len(det)
+            self.bar.update(1)
+
+
+def run(args: argparse.Namespace) -> int:
+    v = _validate(args)
+    detector = _load_detector(v)
     items = _collect(v["inputs"], v["out"])
     outputs = _unique_outputs(items)
     # Folders only once the options, the model and the inputs have passed: a refused command leaves nothing.
@@ -227,54 +253,12 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    records: list[dict[str, Any]] = []
-    failed: list[dict[str, str]] = []
-    n_detections = 0
     bar = tqdm(total=len(items), unit="image", desc="detect", disable=len(items) <= 1, file=sys.stderr, dynamic_ncols=True)
-
-    def report(file: Path, reason: str) -> None:
-        failed.append({"file": str(file), "error": reason})
-        tqdm.write(f"ssd detect: skipped {file}: {reason}", file=sys.stderr)
-
-    def flush(batch: list[tuple[Path, Path, Any]]) -> None:
-        nonlocal n_detections
-        if not batch:
-            return
-        dets = detector([img for _, _, img in batch])
-        for (file, out_rel, img), det in zip(batch, dets):
-            det = replace(det, source=str(file))
-            out_path = v["out"] / out_rel
-            try:
-                from PIL import Image
-
-                pil = Image.fromarray(img.permute(1, 2, 0).numpy())
-                _save(draw_detections(pil, det), out_path)
-            except OSError as e:
-                report(file, f"cannot write {out_path}: {e.strerror or e}")
-                bar.update(1)
-                continue
-            rec = det.to_dict()
-            rec = {"file": rec.pop("source"), "output": str(out_path), **rec}
-            records.append(rec)
-            n_detections += len(det)
-            bar.update(1)
-
-    batch: list[tuple[Path, Path, Any]] = []
+    work = _Run(detector, v["out"], bar)
     try:
         for (file, _), out_rel in zip(items, outputs):
-            try:
-                image = load_image(file)
-            except SSDError as e:
-                msg = str(e)
-                prefix = f"{file}: "
-                report(file, msg[len(prefix):] if msg.startswith(prefix) else msg)
-                bar.update(1)
-                continue
-            batch.append((file, out_rel, image))
-            if len(batch) >= detector.settings["batch_size"]:
-                flush(batch)
-                batch = []
-        flush(batch)
+            work.add(file, out_rel)
+        work.flush()
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0
@@ -284,24 +268,22 @@ def run(args: argparse.Namespace) -> int:
             "model": str(v["onnx"] or v["checkpoint"]),
             "backend": detector.backend,
             "class_names": list(detector.class_names),
-            "settings": {
-                "min_score": args.min_score, "max_overlap": args.max_overlap, "top_k": args.top_k,
-                "suppress": list(detector.settings["suppress"]),
-            },
+            "settings": detector.settings.decoding_dict(),
             "box_format": "x1, y1, x2, y2 in pixels of the original image (pixel i spans [i, i+1))",
-            "images": records,
-            "failed": failed,
-        }  # fmt: skip
+            "images": work.records,
+            "failed": work.failed,
+        }
         try:
             _write_json(v["json"], payload)
-        except OSError as e:
-            raise SSDError(f"--json {v['json']}: cannot write ({e.strerror or e})") from None
+        except OSError as err:
+            raise SSDError(f"--json {v['json']}: cannot write ({err.strerror or err})") from err
 
-    done = len(records)
+    done = len(work.records)
     rate = f", {done / elapsed:.1f} images/s" if elapsed > 0 and done else ""
     where = f"annotated images in {v['out']}" + (f", detections in {v['json']}" if v["json"] else "")
-    print(f"ssd detect: {done} image(s), {n_detections} detection(s){rate}; {where}")
-    if failed:
+    print(f"ssd detect: {done} image(s), {work.n_detections} detection(s){rate}; {where}")
+    if work.failed:
+        failed = work.failed
         print(
             f"ssd detect: {len(failed)} of {len(items)} file(s) could not be processed: "
             + ", ".join(f["file"] for f in failed[:5]) + (", ..." if len(failed) > 5 else ""),

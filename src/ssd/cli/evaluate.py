@@ -22,13 +22,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ssd.cli.checks import create_dirs, writable_dir, writable_file
+from ssd.cli.checks import add_setting_options, create_dirs, settings_from_args, writable_dir, writable_file
 from ssd.errors import SSDError
 
 EXIT_SOME_FAILED = 1
+_TEST_SETTINGS = ("min_score", "max_overlap", "top_k")
+"""The test-time DetectSettings fields ``ssd eval`` has options for (defaults: DetectSettings.for_evaluation())."""
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from ssd.device import DEVICE_HELP
+    from ssd.settings import DetectSettings
+
+    paper = DetectSettings.for_evaluation()
     p = sub.add_parser(
         "eval",
         help="evaluate a checkpoint on a dataset split: VOC mAP (devkit rules), COCO-style AP, PR curves",
@@ -44,19 +50,17 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     src.add_argument("--images", metavar="DIR", help="the image folder of --coco-json")
     p.add_argument("--detections", metavar="DIR",
                    help="score devkit results files comp4_det_test_<class>.txt in DIR instead of running a model")  # fmt: skip
-    test = p.add_argument_group("test-time settings")
-    test.add_argument("--min-score", type=float, default=0.01, help="keep class scores above this (default 0.01)")
-    test.add_argument("--max-overlap", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    test.add_argument("--top-k", type=int, default=200, help="detections kept per image (default 200)")
+    test = p.add_argument_group("test-time settings (the paper's defaults)")
+    add_setting_options(test, paper, _TEST_SETTINGS)
     test.add_argument("--method", choices=("voc07", "voc12"), default="voc07",
                       help="VOC AP: voc07 11-point (default, the paper's) or voc12 area")  # fmt: skip
     run = p.add_argument_group("running")
-    run.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    add_setting_options(run, paper, ("batch_size",))
     run.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (default 0)")
     run.add_argument("--decode-on-device", action=argparse.BooleanOptionalAction, default=None,
                      help="decode JPEGs (nvJPEG on CUDA) and resize on the evaluation device, the workers only reading "
                      "the files (default: on for CUDA, where it is faster; off elsewhere)")  # fmt: skip
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto: CUDA if available)")
+    run.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
     run.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
                      help="bf16 autocast (default auto: on for CUDA)")  # fmt: skip
     out = p.add_argument_group("outputs")
@@ -130,11 +134,9 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
             raise SSDError("--coco-json needs --images DIR (the folder of its images)")
         v["images"] = _existing_dir(args.images, "--images")
 
-    from ssd.postprocess import check_settings
+    from ssd.settings import DetectSettings
 
-    check_settings(args.min_score, args.max_overlap, args.top_k, prefix="--")
-    if args.batch_size < 1:
-        raise SSDError(f"--batch-size {args.batch_size}: must be a positive integer")
+    v["settings"] = settings_from_args(args, DetectSettings.for_evaluation(), (*_TEST_SETTINGS, "batch_size"))
     if args.workers < 0:
         raise SSDError(f"--workers {args.workers}: must be 0 or more")
     if args.detections is None:
@@ -147,22 +149,22 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
         if not args.no_plot:
             try:
                 import matplotlib  # noqa: F401
-            except ImportError:
+            except ImportError as err:
                 raise SSDError(
                     "--out writes pr_curves.png, which needs matplotlib: pip install matplotlib "
                     "(or add --no-plot)"
-                ) from None
+                ) from err
     if args.save_detections:
         v["save_detections"] = writable_dir(args.save_detections, "--save-detections")
     if args.coco_results:
         v["coco_results"] = writable_file(args.coco_results, "--coco-results")
     if args.coco:
-        from ssd.evaluate import _import_pycocotools
+        from ssd.coco import import_pycocotools
 
         try:
-            _import_pycocotools()
-        except SSDError as e:
-            raise SSDError(f"--coco: {e}") from None
+            import_pycocotools()
+        except SSDError as err:
+            raise SSDError(f"--coco: {err}") from err
     return v
 
 
@@ -250,15 +252,15 @@ def run_eval(args: argparse.Namespace) -> int:
         from ssd.checkpoint import load_model
 
         model = load_model(v["checkpoint"], device=v["device"])
+        v["settings"].check_model(model.class_names, model.config.num_priors, prefix="--")
     index = _load_index(args, v, model.class_names if model is not None else None)
     _create_output_dirs(v)
 
     if model is not None:
         amp = {"auto": None, "on": True, "off": False}[args.amp]
         evaluation = evaluate(
-            model, index, batch_size=args.batch_size, device=v["device"], amp=amp, workers=args.workers,
-            min_score=args.min_score, max_overlap=args.max_overlap, top_k=args.top_k, method=args.method,
-            progress=sys.stderr.isatty(), decode_on_device=args.decode_on_device,
+            model, index, settings=v["settings"], device=v["device"], amp=amp, workers=args.workers,
+            method=args.method, progress=sys.stderr.isatty(), decode_on_device=args.decode_on_device,
         )  # fmt: skip
     else:
         evaluation = score_detections_dir(v["detections"], index, args.method)
@@ -286,8 +288,8 @@ def run_eval(args: argparse.Namespace) -> int:
         results = coco_results(evaluation, index, category_ids=category_ids)
         try:
             v["coco_results"].write_text(json.dumps(results, separators=(",", ":")))
-        except OSError as e:
-            raise SSDError(f"--coco-results {v['coco_results']}: cannot write ({e.strerror or e})") from None
+        except OSError as err:
+            raise SSDError(f"--coco-results {v['coco_results']}: cannot write ({err.strerror or err})") from err
         written.append(str(v["coco_results"]))
     if "out" in v:
         metrics = evaluation.to_dict()
@@ -298,8 +300,8 @@ def run_eval(args: argparse.Namespace) -> int:
         path = v["out"] / "metrics.json"
         try:
             path.write_text(json.dumps(metrics, indent=2) + "\n")
-        except OSError as e:
-            raise SSDError(f"--out {v['out']}: cannot write metrics.json ({e.strerror or e})") from None
+        except OSError as err:
+            raise SSDError(f"--out {v['out']}: cannot write metrics.json ({err.strerror or err})") from err
         written.append(str(path))
         if not args.no_plot:
             from ssd.plots import plot_pr_curves

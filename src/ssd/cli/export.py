@@ -42,7 +42,7 @@ def register(sub) -> None:
         "exporter (needs: pip install onnx onnxscript; onnxruntime to verify and run). Inputs: images float32 "
         "(N, 3, S, S) RGB in [0, 1] resized to the model's input side S; outputs: boxes (N, P, 4) xyxy "
         "fractions of the image and scores (N, P, C) softmax with column 0 the background. Thresholding, "
-        "per-class NMS and top-k are a post-step after onnxruntime (ssd.export.postprocess_decoded, which "
+        "per-class NMS and top-k are a post-step after onnxruntime (ssd.postprocess.postprocess_decoded, which "
         "`ssd detect --onnx` runs). Class names, input size and the post-step's settings are stored in the "
         "file's metadata_props.",
     )
@@ -65,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".onnx":
         raise SSDError(f"OUT.onnx {out}: give a file name ending in .onnx")
     from ssd.checkpoint import load_model
-    from ssd.export import _require_export_deps, export_onnx
+    from ssd.export import export_onnx, require_export_dependencies
 
-    _require_export_deps()  # before loading anything: a missing package is the likeliest problem
+    require_export_dependencies()  # before loading anything: a missing package is the likeliest problem
     model = load_model(ckpt)
     info = export_onnx(model, out, opset=args.opset, batch=args.batch, verify=not args.no_verify)
     check = (

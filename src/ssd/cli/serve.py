@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import sys
 
+from ssd.cli.checks import add_setting_options, settings_from_args
 from ssd.errors import SSDError
 
 
@@ -33,7 +34,9 @@ def _non_negative(text: str) -> float:
 
 
 def register(sub) -> None:
+    from ssd.device import DEVICE_HELP
     from ssd.serve import ServeLimits
+    from ssd.settings import DECODING_SETTINGS, DetectSettings
 
     d = ServeLimits()
     p = sub.add_parser(
@@ -49,8 +52,9 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="an ssd checkpoint")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--min-score", type=float, default=None, help="default min_score of requests (0.2)")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
+    add_setting_options(p.add_argument_group("the settings of requests that do not give their own"),
+                        DetectSettings(), DECODING_SETTINGS)  # fmt: skip
     p.add_argument("--max-upload-mb", type=_positive(float), default=d.max_upload_bytes / 2**20, metavar="MB",
                    help=f"largest upload accepted, in MiB (default {d.max_upload_bytes / 2**20:g}; larger: 413)")
     p.add_argument("--max-pixels", type=_positive(int), default=d.max_pixels,
@@ -67,26 +71,27 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssd.serve import create_app, require_serve_dependencies
+    from ssd.serve import ServeLimits, create_app, require_serve_dependencies
+    from ssd.settings import DECODING_SETTINGS, DetectSettings
 
     require_serve_dependencies()
     import uvicorn
 
     from ssd.checkpoint import load_checkpoint
-    from ssd.detector import DEFAULTS, Detector
+    from ssd.detector import Detector
 
     if not 0 <= args.port <= 65535:
         raise SSDError(f"--port {args.port}: not a port (0-65535)")
+    settings = settings_from_args(args, DetectSettings(), DECODING_SETTINGS)
     version = load_checkpoint(args.checkpoint)["format_version"]
-    detector = Detector.from_checkpoint(
-        args.checkpoint, device=args.device,
-        min_score=DEFAULTS["min_score"] if args.min_score is None else args.min_score,
-    )  # fmt: skip
-    app = create_app(
-        detector, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+    detector = Detector.from_checkpoint(args.checkpoint, device=args.device)
+    detector.settings = detector.checked(settings, prefix="--")
+    limits = ServeLimits(
+        max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, queue_size=args.queue_size,
-        request_timeout_s=args.timeout, checkpoint_format_version=version,
+        request_timeout_s=args.timeout,
     )  # fmt: skip
+    app = create_app(detector, limits, checkpoint_format_version=version)
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:
@@ -97,6 +102,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"ssd serve: open http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}/", file=sys.stderr)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    except OSError as e:
-        raise SSDError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    except OSError as err:
+        raise SSDError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from err
     return 0
