@@ -3,7 +3,7 @@
 Each change is a full demo run (same data, same seed, same settings) with one thing switched off:
 
 - ``none``: the demo as it is;
-- ``no-forced-match``: objects do not claim their best prior (``force_best_prior=False``), so an object no
+- ``no-forced-match``: objects do not claim their best prior (``matching="threshold"``), so an object no
   prior overlaps at IoU >= 0.5 is never a positive (the demo's ``bar`` class, 6-8 times as long as thick,
   is such an object for every prior of the ``small`` preset);
 - ``no-box-mirroring``: the horizontal flip mirrors the image but not its boxes (``mirror_boxes=False``).
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))  # run from the source tree without instal
 
 CHANGES = {
     "none": {},
-    "no-forced-match": {"force_best_prior": False},
+    "no-forced-match": {"matching": "threshold"},
     "no-box-mirroring": {"mirror_boxes": False},
 }
 

@@ -73,7 +73,7 @@ def test_demo_ablation_dry_run(tmp_path, capsys):
         assert list(run["ap"]) == ["circle", "square", "star", "ring", "bar"]
         config = json.loads((out / change / "run" / "config.json").read_text())["train_config"]
         assert (config["iterations"], config["lr"]) == (2, 0.002)
-        assert config["force_best_prior"] is (change != "no-forced-match")
+        assert (config["matching"] == "threshold") is (change == "no-forced-match")
         assert config["mirror_boxes"] is (change != "no-box-mirroring")
 
     # bad input: a clear message and exit code 2, before any data is written

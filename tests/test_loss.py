@@ -126,7 +126,8 @@ def test_object_smaller_than_every_prior_gets_exactly_its_best_prior(tv_priors):
     assert m.labels[0, pos[0]] == 5
     assert torch.equal(m.boxes_xyxy_rel[0, pos[0]], gt_boxes[0, 0])
     # Without forcing, nothing reaches 0.5: no positives at all.
-    assert (match(priors, gt_boxes, gt_labels, force_best_prior=False).labels == 0).all()
+    assert (match(priors, gt_boxes, gt_labels, rule="threshold").labels == 0).all()
+    assert torch.equal(match(priors, gt_boxes, gt_labels, rule="tutorial").labels, m.labels)
 
 
 def test_threshold_half_is_positive_under_half_is_background():
@@ -145,30 +146,34 @@ def test_threshold_half_is_positive_under_half_is_background():
     assert torch.equal(m.boxes_xyxy_rel[0, :3], gt_boxes[0, [0, 0, 0]])
 
 
-def test_two_objects_competing_higher_iou_keeps_the_prior_loser_keeps_its_other_matches():
+def test_two_objects_with_one_best_prior_bipartite_gives_the_loser_its_next_best_tutorial_the_last_wins():
     priors = _priors(
         [
             [0, 0, 0.5, 1],  # A: IoU 0.75 with o0, 0.875 with o1 -> both objects' best prior
-            [0.1875, 0, 0.625, 1],  # D: 0.625 with o0, 0.4 with o1 -> o0 (above threshold)
+            [0.1875, 0, 0.625, 1],  # D: 0.625 with o0, 0.4 with o1 -> o0's second best, over the threshold
+            [0.0625, 0, 0.3125, 1],  # E: 3/7 with o0 (under the threshold), 4/7 with o1
             [0.75, 0, 1, 1],  # F: overlaps nothing
         ]
     )
     o0, o1 = [0.125, 0, 0.5, 1], [0, 0, 0.4375, 1]
     for boxes, labels in [([o0, o1], [3, 7]), ([o1, o0], [7, 3])]:
         gt_boxes, gt_labels = _gt(boxes, labels)
-        m = match(priors, gt_boxes, gt_labels)
-        assert m.labels.tolist() == [[7, 3, 0]]
-        assert m.boxes_xyxy_rel[0, 0].tolist() == o1 and m.boxes_xyxy_rel[0, 1].tolist() == o0
+        # bipartite: (A, o1) is the best pair; o0 then takes D, its best free prior; E is o1's by the threshold.
+        assert match(priors, gt_boxes, gt_labels).labels.tolist() == [[7, 3, 7, 0]]
+    # tutorial: A goes to the last object claiming it; the other keeps what the threshold gives it (D).
+    assert match(priors, *_gt([o0, o1], [3, 7]), rule="tutorial").labels.tolist() == [[7, 3, 7, 0]]
+    assert match(priors, *_gt([o1, o0], [7, 3]), rule="tutorial").labels.tolist() == [[3, 3, 7, 0]]
 
 
-def test_equal_iou_claims_go_to_the_lower_index():
+def test_equal_iou_ties_go_to_the_lower_prior_then_the_lower_object():
     priors = _priors([[0.25, 0, 0.75, 1], [0, 0, 0.125, 1]])  # A: IoU 1/3 with both objects; G: 0.25 with o0
     o0, o1 = [0, 0, 0.5, 1], [0.5, 0, 1, 1]
-    for boxes, labels, winner in [([o0, o1], [3, 7], 3), ([o1, o0], [7, 3], 7)]:
+    for boxes, labels, first, second in [([o0, o1], [3, 7], 3, 0), ([o1, o0], [7, 3], 7, 3)]:
         gt_boxes, gt_labels = _gt(boxes, labels)
-        m = match(priors, gt_boxes, gt_labels)
-        assert m.labels.tolist() == [[winner, 0]]
-    assert (match(priors, gt_boxes, gt_labels, force_best_prior=False).labels == 0).all()
+        # bipartite: the pair (A, object 0) first (equal IoU, lower object index); object 1 then takes its next
+        # overlapping prior, G, if it overlaps it (o0 does, o1 does not)
+        assert match(priors, gt_boxes, gt_labels).labels.tolist() == [[first, second]]
+    assert (match(priors, gt_boxes, gt_labels, rule="threshold").labels == 0).all()
 
 
 def test_forced_match_overrides_the_priors_own_best_object():
@@ -176,8 +181,10 @@ def test_forced_match_overrides_the_priors_own_best_object():
     # o1's only (and best) prior is X (IoU 1/8); X's best object is o2 (7/8) whose own best prior is Y.
     o1, o2 = [0.375, 0, 1, 1], [0, 0, 0.4375, 1]
     gt_boxes, gt_labels = _gt([o1, o2], [2, 9])
+    # bipartite: (Y, o2) first (IoU 1), then o1 takes X; tutorial: each takes its best prior, the same here
     assert match(priors, gt_boxes, gt_labels).labels.tolist() == [[2, 9]]
-    assert match(priors, gt_boxes, gt_labels, force_best_prior=False).labels.tolist() == [[9, 9]]
+    assert match(priors, gt_boxes, gt_labels, rule="tutorial").labels.tolist() == [[2, 9]]
+    assert match(priors, gt_boxes, gt_labels, rule="threshold").labels.tolist() == [[9, 9]]
 
 
 def test_zero_area_boxes_and_padding_are_ignored(tv_priors):
@@ -273,41 +280,33 @@ def _iou(a, b):
     return inter / union if union > 0 else 0.0
 
 
-def _slow_match(priors_xyxy, gt_boxes, gt_labels, threshold=0.5):
-    """Per image, per object, per prior, in plain Python. Returns labels and the matched object index."""
-    n_img, p = len(gt_boxes), len(priors_xyxy)
+def _brute_force_bipartite(priors_xyxy, gt_boxes, gt_labels, threshold=0.5):
+    """The paper's matching, from its description, per image in plain Python: repeatedly take the (object, prior)
+    pair of highest IoU among objects without a prior and priors without an object (pairs that overlap at all; ties:
+    the lower prior index, then the lower object index), then give every other prior its best object (the lower
+    index on ties) if the IoU reaches the threshold. Returns labels and the matched object index per prior."""
     all_labels, all_objs, collisions = [], [], 0
-    for i in range(n_img):
-        valid = [
-            j for j, (b, l) in enumerate(zip(gt_boxes[i], gt_labels[i])) if l > 0 and (b[2] - b[0]) > 0 and (b[3] - b[1]) > 0
-        ]
-        iou = [[_iou(priors_xyxy[q], gt_boxes[i][j]) for j in range(len(gt_boxes[i]))] for q in range(p)]
-        best_obj, best_iou = [None] * p, [-1.0] * p
-        for q in range(p):
-            for j in valid:  # ascending index: strict > keeps the lowest index on ties
-                if iou[q][j] > best_iou[q]:
-                    best_obj[q], best_iou[q] = j, iou[q][j]
-        claims: dict[int, list[int]] = {}
-        for j in valid:
-            best_q, best_v = None, -1.0
-            for q in range(p):
-                if iou[q][j] > best_v:
-                    best_q, best_v = q, iou[q][j]
-            if best_v > 0:
-                claims.setdefault(best_q, []).append(j)
-        labels, objs = [0] * p, [None] * p
-        for q in range(p):
-            if q in claims:
-                collisions += len(claims[q]) > 1
-                winner = claims[q][0]
-                for j in claims[q][1:]:
-                    if iou[q][j] > iou[q][winner]:
-                        winner = j
-                labels[q], objs[q] = gt_labels[i][winner], winner
-            elif best_obj[q] is not None and best_iou[q] >= threshold:
-                labels[q], objs[q] = gt_labels[i][best_obj[q]], best_obj[q]
-        all_labels.append(labels)
+    for boxes, labels in zip(gt_boxes, gt_labels):
+        valid = [j for j, (b, l) in enumerate(zip(boxes, labels)) if l > 0 and b[2] > b[0] and b[3] > b[1]]
+        iou = {(q, j): _iou(priors_xyxy[q], boxes[j]) for q in range(len(priors_xyxy)) for j in valid}
+        best_prior = {j: max(range(len(priors_xyxy)), key=lambda q: (iou[q, j], -q)) for j in valid}
+        collisions += len(best_prior) - len(set(best_prior.values()))
+        objs: list[int | None] = [None] * len(priors_xyxy)
+        free_objs, free_priors = set(valid), set(range(len(priors_xyxy)))
+        while True:
+            pairs = [(v, -q, -j, q, j) for (q, j), v in iou.items() if v > 0 and q in free_priors and j in free_objs]
+            if not pairs:
+                break
+            _, _, _, q, j = max(pairs)
+            objs[q] = j
+            free_objs.discard(j)
+            free_priors.discard(q)
+        for q in free_priors:
+            cands = [(iou[q, j], -j) for j in valid if iou[q, j] >= threshold]
+            if cands:
+                objs[q] = -max(cands)[1]
         all_objs.append(objs)
+        all_labels.append([labels[j] if j is not None else 0 for j in objs])
     return all_labels, all_objs, collisions
 
 
@@ -322,12 +321,11 @@ def _dyadic_priors():
     return torch.tensor(out, dtype=torch.float64)
 
 
-def test_vectorised_match_equals_slow_reference_with_collisions():
+def _colliding_batch():
+    """Random boxes on a 1/32 grid (every IoU exact in both implementations) with exact duplicates, near twins,
+    shifted copies, a zero-area box, padding and an image of padding only: many objects share a best prior."""
     g = torch.Generator().manual_seed(7)
-    priors = _dyadic_priors()
-    priors_xyxy = cxcywh_to_xyxy(priors)
-    n, m = 8, 7
-    q = 32  # coordinates on a 1/32 grid: every IoU is computed exactly in both implementations
+    n, m, q = 8, 7, 32
     xy0 = torch.randint(0, q - 1, (n, m, 2), generator=g)
     wh = torch.randint(1, q // 2, (n, m, 2), generator=g)
     boxes = torch.cat([xy0, (xy0 + wh).clamp(max=q)], dim=-1).double() / q
@@ -339,22 +337,49 @@ def test_vectorised_match_equals_slow_reference_with_collisions():
     labels[2, 5:] = 0  # padding
     labels[3] = 0  # an image with padding only
     labels[5, 0] = 0
-    ref_labels, ref_objs, collisions = _slow_match(priors_xyxy.tolist(), boxes.tolist(), labels.tolist())
-    assert collisions >= 5  # the reference really exercises competing claims
-    got = match(priors, boxes, labels)
+    return boxes, labels
+
+
+def test_bipartite_matching_equals_a_brute_force_reference_with_collisions():
+    priors = _dyadic_priors()
+    priors_xyxy = cxcywh_to_xyxy(priors)
+    boxes, labels = _colliding_batch()
+    ref_labels, ref_objs, collisions = _brute_force_bipartite(priors_xyxy.tolist(), boxes.tolist(), labels.tolist())
+    assert collisions >= 5  # the reference really exercises shared best priors
+    got = match(priors, boxes, labels, rule="bipartite")
     assert got.labels.tolist() == ref_labels
-    for i in range(n):
+    for i in range(boxes.shape[0]):
         for p_idx, j in enumerate(ref_objs[i]):
             if j is not None:
                 assert got.boxes_xyxy_rel[i, p_idx].tolist() == boxes[i, j].tolist()
-    # And without forced matches: plain thresholding of each prior's best object.
-    got = match(priors, boxes, labels, force_best_prior=False)
-    iou = torch.tensor([[[_iou(pq, b) for b in boxes[i].tolist()] for pq in priors_xyxy.tolist()] for i in range(n)])
-    valid = (labels > 0) & ((boxes[..., 2:] - boxes[..., :2]) > 0).all(-1)
-    iou = iou.masked_fill(~valid.unsqueeze(1), -1.0)
-    best, obj = iou.max(dim=2)
-    want = torch.where(best >= 0.5, torch.gather(labels, 1, obj), 0)
-    assert torch.equal(got.labels, want)
+
+
+def test_tutorial_matching_equals_torchvisions_matcher_with_collisions(tv_ssd):
+    """The ``tutorial`` rule against torchvision's own SSDMatcher (whose forced matches also let the last object
+    win a shared prior), image by image, on boxes that share best priors; and the threshold rule against the
+    same matcher's plain thresholding."""
+    from torchvision.models.detection._utils import SSDMatcher  # what ssd300_vgg16 uses (its proposal_matcher)
+    from torchvision.ops import box_iou as tv_box_iou
+
+    priors = _dyadic_priors()
+    priors_xyxy = cxcywh_to_xyxy(priors)
+    boxes, labels = _colliding_batch()
+    got = match(priors, boxes, labels, rule="tutorial")
+    plain = match(priors, boxes, labels, rule="threshold")
+    matcher = SSDMatcher(0.5)
+    assert type(tv_ssd.proposal_matcher) is SSDMatcher
+    for i in range(boxes.shape[0]):
+        keep = (labels[i] > 0) & (boxes[i, :, 2:] > boxes[i, :, :2]).all(-1)
+        want = torch.zeros(priors.shape[0], dtype=torch.int64)
+        want_plain = torch.zeros_like(want)
+        if keep.any():
+            quality = tv_box_iou(boxes[i][keep], priors_xyxy)
+            idx = matcher(quality)
+            want = torch.where(idx >= 0, labels[i][keep][idx.clamp(min=0)], 0)
+            plain_idx = super(SSDMatcher, matcher).__call__(quality)  # without the forced matches
+            want_plain = torch.where(plain_idx >= 0, labels[i][keep][plain_idx.clamp(min=0)], 0)
+        assert torch.equal(got.labels[i], want), i
+        assert torch.equal(plain.labels[i], want_plain), i
 
 
 # --- the loss itself --------------------------------------------------------------------------------

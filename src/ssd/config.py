@@ -373,6 +373,15 @@ PRESETS = {
 """Preset name -> builder taking the foreground class names."""
 
 
+DEFAULT_MATCHING = {"ssd300-torchvision": "tutorial"}
+"""Each preset's default matching rule (:func:`ssd.loss.match`), where it is not ``"bipartite"`` (the paper's):
+a model converted from torchvision is fine-tuned with torchvision's own rule."""
+
+
+def default_matching(preset: str) -> str:
+    return DEFAULT_MATCHING.get(preset, "bipartite")
+
+
 def get_preset(
     name: str, class_names: Sequence[str] | int = VOC_CLASSES, **overrides: Any
 ) -> ModelConfig:

@@ -47,24 +47,39 @@ def pad_targets(
     return out_boxes, out_labels
 
 
+MatchRule = Literal["bipartite", "tutorial", "threshold"]
+MATCH_RULES: tuple[str, ...] = ("bipartite", "tutorial", "threshold")
+
+
 def match(
     priors_cxcywh_rel: Tensor,
     gt_boxes_xyxy_rel: Tensor,
     gt_labels: Tensor,
     threshold: float = 0.5,
-    force_best_prior: bool = True,
+    rule: MatchRule = "bipartite",
 ) -> Matches:
     """Assign every prior of every image a ground-truth object or background.
 
-    Rules: padding (label 0) and zero-area boxes are dropped first; each prior takes the object
-    with which it has the highest IoU (the lowest index on ties); each object then claims its own
-    best prior (when several objects claim the same prior, the one with the higher IoU with it
-    keeps it, the lower index on ties); priors whose IoU is under ``threshold`` are background,
-    except claimed ones.
+    Padding (label 0) and zero-area boxes are dropped first. Then, by ``rule``:
+
+    - ``"bipartite"`` (the paper's, from MultiBox, and the original Caffe SSD's ``MatchBBox``): objects take
+      distinct priors greedily, the (object, prior) pair of highest IoU first, among pairs that overlap at all (ties:
+      the lower prior index, then the lower object index, Caffe's loop order), until every object has one or none
+      is left; so an object whose best prior another object took gets its next best. Then every other prior takes
+      the object it overlaps most (the lower index on ties) if that IoU reaches ``threshold``.
+    - ``"tutorial"`` (the tutorial's and torchvision's): each prior takes the object it overlaps most if the IoU
+      reaches ``threshold``; then each object claims its best prior (the lower prior index on ties) whatever the
+      IoU, and where several objects claim one prior the last of them keeps it.
+    - ``"threshold"``: the threshold alone, no claims (only to show what the claims are for).
+
+    No Python loop over images or priors and no host synchronisation; ``"bipartite"`` runs one round per object
+    slot of the batch (M), on each object's M best priors.
 
     Args:
         priors_cxcywh_rel: (P, 4). gt_boxes_xyxy_rel: (N, M, 4). gt_labels: (N, M), 0 = padding.
     """
+    if rule not in MATCH_RULES:
+        raise ValueError(f"rule must be one of {', '.join(MATCH_RULES)}, not {rule!r}")
     n, m = gt_labels.shape
     p = priors_cxcywh_rel.shape[0]
     device = gt_labels.device
@@ -76,30 +91,64 @@ def match(
     valid = (gt_labels > 0) & (box_area(gt_boxes_xyxy_rel) > 0)  # (N, M)
     iou = pairwise_iou(cxcywh_to_xyxy(priors_cxcywh_rel), gt_boxes_xyxy_rel)  # (N, P, M)
     iou = iou.masked_fill(~valid.unsqueeze(1), -1.0)
-    best_iou, best_obj = iou.max(dim=2)  # (N, P)
-
-    if force_best_prior:
-        obj_iou, obj_prior = iou.max(dim=1)  # (N, M): each object's best prior
-        claims = valid & (obj_iou > 0)
-        # One flat slot per (image, prior) plus a dump slot for objects that claim nothing.
-        dump = n * p
-        slot = torch.where(claims, torch.arange(n, device=device).unsqueeze(1) * p + obj_prior, dump)
-        slot, obj_iou = slot.reshape(-1), obj_iou.reshape(-1)
-        obj_idx = torch.arange(m, device=device).repeat(n)
-        win_iou = torch.full((dump + 1,), -2.0, dtype=iou.dtype, device=device)
-        win_iou = win_iou.scatter_reduce(0, slot, obj_iou, "amax")
-        # Among the claimants with the winning IoU, the lowest object index.
-        contender = torch.where(obj_iou == win_iou[slot], obj_idx, m)
-        win_obj = torch.full((dump + 1,), m, dtype=torch.int64, device=device)
-        win_obj = win_obj.scatter_reduce(0, slot, contender, "amin")[:dump].view(n, p)
-        claimed = win_obj < m
-        best_obj = torch.where(claimed, win_obj, best_obj)
-        best_iou = torch.where(claimed, torch.ones_like(best_iou), best_iou)
-
+    best_iou, best_obj = iou.max(dim=2)  # (N, P): each prior's best object
+    if rule == "tutorial":
+        claimed_by = _last_claims(iou, valid)
+    elif rule == "bipartite":
+        claimed_by = _bipartite_claims(iou)
+    else:
+        claimed_by = torch.full((n, p), -1, dtype=torch.int64, device=device)
+    claimed = claimed_by >= 0
+    best_obj = torch.where(claimed, claimed_by, best_obj)
     labels = torch.gather(gt_labels, 1, best_obj)
-    labels = torch.where(best_iou >= threshold, labels, 0)
+    labels = torch.where(claimed | (best_iou >= threshold), labels, 0)
     boxes = torch.gather(gt_boxes_xyxy_rel, 1, best_obj.unsqueeze(-1).expand(n, p, 4))
     return Matches(labels, boxes)
+
+
+def _last_claims(iou: Tensor, valid: Tensor) -> Tensor:
+    """The tutorial's claims: each valid object its best prior (the first on ties); where several claim one prior,
+    the highest object index. Returns (N, P) the claiming object per prior, -1 where none."""
+    n, p, m = iou.shape
+    obj_prior = iou.argmax(dim=1)  # (N, M)
+    dump = n * p  # one flat slot per (image, prior), plus one for invalid objects
+    slot = torch.where(valid, torch.arange(n, device=iou.device).unsqueeze(1) * p + obj_prior, dump).reshape(-1)
+    obj_idx = torch.arange(m, device=iou.device).repeat(n)
+    winner = torch.full((dump + 1,), -1, dtype=torch.int64, device=iou.device)
+    return winner.scatter_reduce(0, slot, obj_idx, "amax")[:dump].view(n, p)
+
+
+def _bipartite_claims(iou: Tensor) -> Tensor:
+    """Greedy bipartite matching of objects to priors (see :func:`match`). Returns (N, P) the object matched to each
+    prior, -1 where none.
+
+    An object can lose at most M - 1 priors to others, so its match lies among its M best priors: each round looks
+    at those (N, M objects, K = M candidates), takes the pair of highest IoU per image (ties: the lower prior
+    index, then the lower object index), and retires its object and prior."""
+    n, p, m = iou.shape
+    k = min(m, p)
+    # Each object's K best priors, best first, the lower prior index first on ties (a stable sort).
+    order = torch.sort(iou.transpose(1, 2), dim=2, descending=True, stable=True).indices[..., :k]  # (N, M, K)
+    cand_iou = torch.gather(iou.transpose(1, 2), 2, order)  # (N, M, K)
+    alive = cand_iou > 0  # pairs that overlap at all (padding and invalid objects have -1)
+    obj_ids = torch.arange(m, device=iou.device).view(1, m, 1).expand(n, m, k)
+    tie_key = order * m + obj_ids  # the lower prior, then the lower object
+    big = p * m
+    claimed_by = torch.full((n, p + 1), -1, dtype=torch.int64, device=iou.device)  # column p: a dump
+    rows = torch.arange(n, device=iou.device)
+    for _ in range(m):
+        score = cand_iou.masked_fill(~alive, -1.0)
+        top = score.flatten(1).amax(dim=1, keepdim=True)  # (N, 1)
+        key = torch.where(alive & (score == top.unsqueeze(-1)), tie_key, big).flatten(1)
+        choice = key.argmin(dim=1)  # (N,)
+        found = key.gather(1, choice.unsqueeze(1)).squeeze(1) < big
+        obj = choice // k
+        prior = order.flatten(1).gather(1, choice.unsqueeze(1)).squeeze(1)
+        claimed_by[rows, torch.where(found, prior, p)] = torch.where(found, obj, -1)
+        # Retire the object (all its candidates) and the prior (in every object's candidates).
+        retire = found.view(n, 1, 1) & ((obj_ids == obj.view(n, 1, 1)) | (order == prior.view(n, 1, 1)))
+        alive = alive & ~retire
+    return claimed_by[:, :p]
 
 
 def hard_negative_mask(cls_loss: Tensor, positives: Tensor, neg_pos_ratio: float) -> Tensor:
@@ -141,7 +190,7 @@ class MultiBoxLoss(nn.Module):
         neg_pos_ratio: float = 3.0,
         alpha: float = 1.0,
         loc_loss: Literal["smooth_l1", "l1_mean"] = "smooth_l1",
-        force_best_prior: bool = True,
+        matching: MatchRule = "bipartite",
     ) -> None:
         super().__init__()
         if loc_loss not in ("smooth_l1", "l1_mean"):
@@ -151,7 +200,9 @@ class MultiBoxLoss(nn.Module):
         self.neg_pos_ratio = neg_pos_ratio
         self.alpha = alpha
         self.loc_loss = loc_loss
-        self.force_best_prior = force_best_prior
+        if matching not in MATCH_RULES:
+            raise ValueError(f"matching must be one of {', '.join(MATCH_RULES)}, not {matching!r}")
+        self.matching = matching
 
     def forward(
         self,
@@ -166,7 +217,7 @@ class MultiBoxLoss(nn.Module):
         # predictions (under autocast the heads give float16/bfloat16, which flips matches).
         loc_offsets = loc_offsets.to(torch.promote_types(loc_offsets.dtype, torch.float32))
         priors = self.priors_cxcywh.to(loc_offsets.dtype)
-        matches = match(priors, gt_boxes_xyxy_rel.to(priors.dtype), gt_labels, self.threshold, self.force_best_prior)
+        matches = match(priors, gt_boxes_xyxy_rel.to(priors.dtype), gt_labels, self.threshold, self.matching)
         pos = matches.labels > 0  # (N, P)
         num_pos = pos.sum()
         divisor = reduce_positives(num_pos) if reduce_positives is not None else num_pos.clamp(min=1)

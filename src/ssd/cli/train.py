@@ -15,7 +15,7 @@ import typing
 from typing import Any
 
 from ssd.errors import SSDError
-from ssd.training.config import RECIPES, TrainConfig, field_types, flag_of
+from ssd.training.config import RECIPES, TrainConfig, field_types, flag_of, literal_choices
 
 SET_OPTIONS = ("recipe", "config")
 """Options that are not TrainConfig fields: they choose sets of values."""
@@ -55,8 +55,8 @@ def add_field_options(p: argparse.ArgumentParser) -> None:
         kw: dict[str, Any] = {"dest": f.name, "default": None, "help": _help(f, t).replace("%", "%%")}
         if t is bool:
             kw["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(t) is typing.Literal:
-            kw["choices"] = typing.get_args(t)
+        elif literal_choices(t) is not None:
+            kw["choices"] = literal_choices(t)
         else:
             kw["type"] = _milestones if f.name == "milestones" else t
             kw["metavar"] = f.metadata.get("metavar")
@@ -103,7 +103,8 @@ def register(sub) -> None:
         "(--batch-size stays the global batch). Ctrl-C saves the state; --resume continues it exactly.",
     )
     p.add_argument("--recipe", choices=tuple(RECIPES), default="paper",
-                   help="paper: the paper's SGD recipe (assumes ImageNet weights); scratch: BatchNorm, "
+                   help="paper: the paper's SGD recipe (assumes ImageNet weights); tutorial: the tutorial's objective "
+                   "(L1 loss averaged over 4 x positives, its matching) at its batch of 8; scratch: BatchNorm, "
                    "warm-up, lr 1e-2 and gradient clipping at 10, for training from random weights")  # fmt: skip
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of options (TrainConfig fields)")
     add_field_options(p)

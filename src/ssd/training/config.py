@@ -69,7 +69,10 @@ class TrainConfig:
     accumulate: int = option(1, "gradient accumulation steps per iteration")
     loc_loss: Literal["smooth_l1", "l1_mean"] = option("smooth_l1", "localisation loss: smooth_l1 summed over "
                                                        "positives (the paper's) or l1_mean (the tutorial's nn.L1Loss)")  # fmt: skip
-    force_best_prior: bool = option(True, "each object claims its best prior (off only to show that it matters)")
+    matching: Literal["bipartite", "tutorial", "threshold"] | None = option(
+        None, "how priors are matched to objects: bipartite (the paper's and Caffe's), tutorial (the tutorial's and "
+        "torchvision's: an object's best prior is forced, the last object wins it), threshold (no forced matches; only "
+        "to show what they do); default: the preset's (ssd.config.default_matching)")
     keep_difficult: bool = option(True, "train on difficult objects too", flag="--difficult")
     # data pipeline
     augment: Literal["ssd", "flip", "none"] = option("ssd", "ssd: the paper's augmentations; flip: horizontal flips "
@@ -112,7 +115,7 @@ class TrainConfig:
         if self.max_seconds is not None and not self.max_seconds >= 0:
             raise SSDError(f"--max-seconds must be 0 or more, got {self.max_seconds}")
         for f, choices in _choices().items():
-            if getattr(self, f) not in choices:
+            if getattr(self, f) is not None and getattr(self, f) not in choices:
                 listed = ", ".join(choices[:-1]) + " or " + choices[-1]
                 raise SSDError(f"{flag_of(f)} must be {listed}, not {getattr(self, f)!r}")
         if self.device_augment and self.augment == "none":
@@ -143,6 +146,8 @@ class TrainConfig:
         if unknown:
             raise SSDError(f"unknown training options: {', '.join(unknown)}")
         d = dict(d)
+        if "force_best_prior" in d:  # runs saved before `matching` existed: False meant no forced matches
+            d.setdefault("matching", None if d.pop("force_best_prior") else "threshold")
         if "milestones" in d:
             try:
                 d["milestones"] = tuple(int(m) for m in d["milestones"])
@@ -165,9 +170,19 @@ def field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
+def literal_choices(t: Any) -> tuple[Any, ...] | None:
+    """The choices of a ``Literal`` type, or of ``Literal[...] | None``; ``None`` for other types."""
+    if typing.get_origin(t) is Literal:
+        return typing.get_args(t)
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    if len(args) == 1 and typing.get_origin(args[0]) is Literal:
+        return typing.get_args(args[0])
+    return None
+
+
 def _choices() -> dict[str, tuple[str, ...]]:
-    """The fields typed as a ``Literal`` and their choices."""
-    return {name: typing.get_args(t) for name, t in field_types().items() if typing.get_origin(t) is Literal}
+    """The fields typed as a ``Literal`` (or an optional one) and their choices."""
+    return {name: c for name, t in field_types().items() if (c := literal_choices(t)) is not None}
 
 
 RESUME_OVERRIDABLE = frozenset(name for name, f in _FIELDS.items() if f.metadata.get("resume"))
@@ -175,6 +190,9 @@ RESUME_OVERRIDABLE = frozenset(name for name, f in _FIELDS.items() if f.metadata
 
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {},
+    # The tutorial's objective and batch: nn.L1Loss averaged over 4 x positives, its matching, batch 8 (its other
+    # settings are the paper's defaults).
+    "tutorial": {"loc_loss": "l1_mean", "matching": "tutorial", "batch_size": 8},
     # From random weights: BatchNorm, warm-up, a larger rate, gradient clipping (see docs/training.md).
     "scratch": {"batch_norm": True, "pretrained_base": "none", "lr": 1e-2, "warmup": 500, "grad_clip": 10.0},
 }

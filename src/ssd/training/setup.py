@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ssd.checkpoint import config_from_checkpoint, load_checkpoint, load_state
-from ssd.config import ModelConfig, get_preset
+from ssd.config import ModelConfig, default_matching, get_preset
 from ssd.data.dataset import Batch
 from ssd.data.index import DatasetIndex
 from ssd.errors import SSDError
@@ -236,7 +236,8 @@ def make_train_step(model: SSD, cfg: TrainConfig, lr: float, runtime: Runtime) -
     mode = None if cfg.compile_mode == "default" else cfg.compile_mode
     if cfg.compile:
         net = torch.compile(net, mode=mode)
-    loss_fn = make_loss(model.priors_cxcywh, cfg.loc_loss, cfg.force_best_prior, compiled=cfg.compile, mode=mode)
+    matching = cfg.matching or default_matching(model.config.preset)
+    loss_fn = make_loss(model.priors_cxcywh, cfg.loc_loss, matching, compiled=cfg.compile, mode=mode)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp == "fp16")
     return TrainStep(
         net, list(model.parameters()), loss_fn, make_optimizer(model, cfg, lr), scaler, amp_dtype=runtime.amp_dtype,

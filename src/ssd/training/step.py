@@ -170,9 +170,9 @@ def all_finite(tensors: Iterable[Tensor]) -> bool:
 
 
 def make_loss(
-    priors_cxcywh: Tensor, loc_loss: str, force_best_prior: bool, compiled: bool, mode: str | None = None
+    priors_cxcywh: Tensor, loc_loss: str, matching: str, compiled: bool, mode: str | None = None
 ) -> Callable[..., LossOutput]:
     """The MultiBox loss module for training, compiled (torch.compile ``mode``) when the model is (see
     :data:`TARGET_PAD`)."""
-    loss = MultiBoxLoss(priors_cxcywh, loc_loss=loc_loss, force_best_prior=force_best_prior)  # type: ignore[arg-type]
+    loss = MultiBoxLoss(priors_cxcywh, loc_loss=loc_loss, matching=matching)  # type: ignore[arg-type]
     return torch.compile(loss, mode=mode) if compiled else loss
