@@ -1,4 +1,4 @@
-"""Box coding, IoU and prior generation against torchvision, lufficc/SSD's rules and hand-computed numbers;
+"""Box coding, IoU and prior generation against torchvision, Caffe's SSD512 sizes and hand-computed numbers;
 and the order contract between the priors and the flattened head outputs."""
 
 from __future__ import annotations
@@ -220,71 +220,35 @@ def test_ssd300_torchvision_priors_equal_default_box_generator():
     torch.testing.assert_close(cxcywh_to_xyxy(priors_for(cfg)) * 300, anchors, rtol=0, atol=1e-4)
 
 
-def _lufficc_priors_512() -> torch.Tensor:
-    """lufficc/SSD's PriorBox for its VOC SSD512 configuration, written out as loops (slow, plain)."""
-    image_size = 512
-    feature_maps = [64, 32, 16, 8, 4, 2, 1]
-    min_sizes = [35.84, 76.8, 153.6, 230.4, 307.2, 384.0, 460.8]
-    max_sizes = [76.8, 153.6, 230.4, 307.2, 384.0, 460.8, 537.65]
-    strides = [8, 16, 32, 64, 128, 256, 512]
-    aspect_ratios = [[2], [2, 3], [2, 3], [2, 3], [2, 3], [2], [2]]
-    out = []
-    for k, f in enumerate(feature_maps):
-        scale = image_size / strides[k]
-        for i, j in itertools.product(range(f), repeat=2):
-            cx, cy = (j + 0.5) / scale, (i + 0.5) / scale
-            size = min_sizes[k]
-            h = w = size / image_size
-            out.append([cx, cy, w, h])
-            size = math.sqrt(min_sizes[k] * max_sizes[k])
-            h = w = size / image_size
-            out.append([cx, cy, w, h])
-            size = min_sizes[k]
-            h = w = size / image_size
-            for ratio in aspect_ratios[k]:
-                ratio = math.sqrt(ratio)
-                out.append([cx, cy, w * ratio, h / ratio])
-                out.append([cx, cy, w / ratio, h * ratio])
-    return torch.tensor(out, dtype=torch.float64).clamp(0, 1)
-
-
-def test_ssd512_priors_follow_lufficc_rules():
+def test_ssd512_priors_are_caffes_and_equal_torchvisions_generator_given_the_same_scales():
+    """The paper's SSD512 as Caffe's ssd_pascal_512.py builds it: sizes 7% and 15% of 512 px on conv4_3, then 15% to
+    90% in steps of 15 (each map's max size the next map's min size, up to 105%), steps 8 to 512, no clipping;
+    torchvision's DefaultBoxGenerator given those scales and steps is the independent oracle."""
     cfg = get_preset("ssd512")
+    min_ratio, max_ratio, n = 15, 90, 7  # Caffe's computation, as in its script
+    step = (max_ratio - min_ratio) // (n - 2)
+    min_sizes = [512 * 7 / 100] + [512 * r / 100 for r in range(min_ratio, max_ratio + 1, step)]
+    max_sizes = [512 * 15 / 100] + [512 * (r + step) / 100 for r in range(min_ratio, max_ratio + 1, step)]
+    assert cfg.priors.min_sizes == pytest.approx(min_sizes) and cfg.priors.max_sizes == pytest.approx(max_sizes)
+    assert max_sizes[-1] == pytest.approx(537.6) and cfg.priors.clip == "none"
+    gen = DefaultBoxGenerator(
+        [[2], [2, 3], [2, 3], [2, 3], [2, 3], [2], [2]],
+        scales=[s / 512 for s in min_sizes] + [max_sizes[-1] / 512],
+        steps=[8, 16, 32, 64, 128, 256, 512],
+        clip=False,
+    )
+    grid = [[f, f] for f in cfg.feature_map_sizes]
+    want = gen._grid_default_boxes(grid, [512, 512], dtype=torch.float64)
     priors = priors_for(cfg).double()
-    torch.testing.assert_close(priors, _lufficc_priors_512(), rtol=0, atol=1e-6)
-    off = _map_offsets(cfg)
-    # Hand-computed spot checks.
+    torch.testing.assert_close(priors, want, rtol=0, atol=1e-6)
+    # Hand-computed spot checks: the first prior, and the last map's 2:1 prior, wider than the image (unclipped).
     c = 4 / 512  # (0 + 0.5) * 8 / 512
     torch.testing.assert_close(priors[0], torch.tensor([c, c, 0.07, 0.07], dtype=torch.float64), atol=1e-7, rtol=0)
-    e = math.sqrt(35.84 * 76.8) / 512
-    torch.testing.assert_close(priors[1], torch.tensor([c, c, e, e], dtype=torch.float64), atol=1e-7, rtol=0)
-    # Second map (32x32, step 16), cell (0, 0): 1, extra, 2, 1/2, 3, 1/3 of 76.8 px.
-    s = 76.8 / 512
-    p = priors[off[1] : off[1] + 6]
-    want = [
-        [s, s],
-        [math.sqrt(76.8 * 153.6) / 512] * 2,
-        [s * math.sqrt(2), s / math.sqrt(2)],
-        [s / math.sqrt(2), s * math.sqrt(2)],
-        [s * math.sqrt(3), s / math.sqrt(3)],
-        [s / math.sqrt(3), s * math.sqrt(3)],
-    ]
-    torch.testing.assert_close(p[:, 2:], torch.tensor(want, dtype=torch.float64), atol=1e-7, rtol=0)
-    torch.testing.assert_close(p[:, :2], torch.full((6, 2), 8 / 512, dtype=torch.float64), atol=1e-7, rtol=0)
-    # Sixth map (2x2, step 256): centres 0.25 and 0.75; the last cell is (row 1, column 1).
-    p = priors[off[5] + 3 * 4 : off[5] + 4 * 4]
-    torch.testing.assert_close(p[:, :2], torch.full((4, 2), 0.75, dtype=torch.float64), atol=1e-7, rtol=0)
-    # Last map (1x1, step 512): extra sqrt(460.8 * 537.65) / 512 < 1, the 2:1 and 1:2 priors clamped.
-    want = torch.tensor(
-        [
-            [0.5, 0.5, 0.9, 0.9],
-            [0.5, 0.5] + [math.sqrt(460.8 * 537.65) / 512] * 2,
-            [0.5, 0.5, 1.0, 0.9 / math.sqrt(2)],
-            [0.5, 0.5, 0.9 / math.sqrt(2), 1.0],
-        ],
-        dtype=torch.float64,
-    )
-    torch.testing.assert_close(priors[off[6] :], want, atol=1e-7, rtol=0)
+    last = priors[_map_offsets(cfg)[6] :]
+    torch.testing.assert_close(last[1, 2:], torch.full((2,), math.sqrt(460.8 * 537.6) / 512, dtype=torch.float64),
+                               atol=1e-7, rtol=0)  # fmt: skip
+    torch.testing.assert_close(last[2, 2:], torch.tensor([0.9 * math.sqrt(2), 0.9 / math.sqrt(2)], dtype=torch.float64),
+                               atol=1e-7, rtol=0)  # fmt: skip
 
 
 def test_clip_modes():

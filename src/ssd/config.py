@@ -16,7 +16,10 @@ Presets (see :data:`PRESETS`):
     300, widths and heights clipped), its normalisation and its decoding (size clamp, boxes clipped to
     the image, 400 candidates per class).
 ``ssd512``
-    SSD512 as in lufficc/SSD's VOC configuration (min/max sizes in pixels, steps 8 ... 512).
+    The paper's SSD512 as the original Caffe code builds it (``ssd_pascal_512.py``: min/max sizes 7%/15% of 512
+    px on conv4_3, then 15% ... 90% in steps of 15 with the next map's size as the max, steps 8 ... 512, priors
+    not clipped). (lufficc/SSD's variant clips the priors to the image and ends at 537.65 px; checkpoints store
+    their priors' configuration, so models trained with it still load as they were.)
 ``small``
     The same code with fewer channels (an eighth in the first three blocks, a quarter after) and a 192-pixel
     input: for CPU work (tests, the demo).
@@ -333,10 +336,12 @@ def _ssd512(class_names: Sequence[str]) -> ModelConfig:
         ),
         priors=PriorConfig(
             aspect_ratios=(ratios_4,) + (ratios_6,) * 4 + (ratios_4,) * 2,
+            # Caffe's ssd_pascal_512.py: conv4_3 at 7% and 15% of 512 px, then min_ratio 15 to max_ratio 90 in
+            # steps of 15 (each map's max size is the next map's min size), no clipping.
             min_sizes=(35.84, 76.8, 153.6, 230.4, 307.2, 384.0, 460.8),
-            max_sizes=(76.8, 153.6, 230.4, 307.2, 384.0, 460.8, 537.65),
+            max_sizes=(76.8, 153.6, 230.4, 307.2, 384.0, 460.8, 537.6),
             steps=(8, 16, 32, 64, 128, 256, 512),
-            clip="all",
+            clip="none",
         ),
     )
 

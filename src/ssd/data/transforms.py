@@ -1,7 +1,8 @@
 """The tutorial's training augmentations, and the evaluation transform.
 
-Training (the paper's and the tutorial's recipe), on a uint8 image (3, H, W) with boxes in
-continuous pixels ``xyxy_abs``:
+Training (the tutorial's augmentations: the paper's zoom-out, crop and flip, and the tutorial's photometric
+distortions, which differ from the original Caffe code's: docs/design.md), on a uint8 image (3, H, W) with boxes
+in continuous pixels ``xyxy_abs``:
 
 1. photometric distortions in random order, each with probability 0.5: brightness, contrast and
    saturation factors uniform in [0.5, 1.5], hue shift uniform in [-18, 18] / 255;
