@@ -4,7 +4,6 @@ and the order contract between the priors and the flattened head outputs."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 
 import pytest

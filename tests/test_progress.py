@@ -34,7 +34,11 @@ def test_lines_are_spaced_by_the_interval():
     for _ in range(1000):
         bar.update()
     bar.close()
-    assert out.getvalue().count("\n") == 1 and "1000/1000 img (100%)" in out.getvalue()
+    assert out.getvalue() == ""  # work shorter than one interval stays quiet
+    bar = PlainProgress(10, "eval", "img", 0, out, interval=0.0)
+    bar.update(10)
+    bar.close()
+    assert out.getvalue().count("\n") == 2 and out.getvalue().splitlines()[-1].startswith("eval: 10/10 img (100%)")
 
 
 def test_a_terminal_gets_tqdm():
@@ -43,3 +47,20 @@ def test_a_terminal_gets_tqdm():
     bar = progress(total=5, desc="x", file=_Tty())
     assert isinstance(bar, tqdm)
     bar.close()
+
+
+def test_iterate_and_messages_in_a_log():
+    from ssd.progress import iterate, message
+
+    out = io.StringIO()
+    bar = progress(total=3, desc="data", file=out)
+    message(bar, "skipped a.jpg: truncated", file=out)
+    assert out.getvalue() == "skipped a.jpg: truncated\n"
+    assert list(iterate([1, 2, 3], "index", enabled=False)) == [1, 2, 3]
+
+
+def test_a_disabled_bar_prints_nothing():
+    out = io.StringIO()
+    with progress(total=10, desc="x", file=out, enabled=False) as bar:
+        bar.update(10)
+    assert out.getvalue() == ""

@@ -4,7 +4,6 @@ a truncated or mismatched one; invalid options fail before any work, naming the 
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import pytest

@@ -150,7 +150,7 @@ def test_compiled_model_and_loss_give_the_eager_loss_and_gradients():
     batch = _batch()
     eager, compiled = _model(), _model()
     out_e = _step(eager)([batch])
-    step = TrainStep(torch.compile(compiled), list(compiled.parameters()), make_loss(compiled.priors_cxcywh, "smooth_l1", True, compiled=True),
+    step = TrainStep(torch.compile(compiled), list(compiled.parameters()), make_loss(compiled.priors_cxcywh, "smooth_l1", "bipartite", compiled=True),
                      torch.optim.SGD(compiled.parameters(), lr=1e-3, momentum=0.9), torch.amp.GradScaler("cpu", enabled=False),
                      pad_targets_to=8)  # fmt: skip
     out_c = step([batch])

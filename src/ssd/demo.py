@@ -108,6 +108,7 @@ def run_demo(
     if iterations is not None:
         settings["iterations"] = iterations
         settings["milestones"] = (int(iterations * 0.8),)
+        settings["warmup"] = min(settings["warmup"], iterations // 4)  # a shorter run warms up within its length
     settings.update(changes or {})
     cfg = TrainConfig(
         train_data=str(data_dir / "train.json"), out_dir=str(out / "run"), device=device, workers=workers,

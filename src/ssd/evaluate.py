@@ -496,7 +496,7 @@ def evaluate(
         amp: bf16 autocast (default: on for CUDA, off elsewhere).
         workers: DataLoader worker processes decoding images (0: in this process).
         method: ``"voc07"`` (11-point, the paper's) or ``"voc12"`` (area).
-        progress: show a tqdm progress bar (on stderr).
+        progress: show progress on stderr (a bar on a terminal, a line every 10 s elsewhere: ssd.progress).
         decode_on_device: decode JPEGs and resize on the evaluation device (nvJPEG on CUDA; the workers only read
             the files). Default: on CUDA, where it is the faster path (docs/performance.md), else in the
             workers. Other formats are decoded by the workers. A GPU's decoder and resize may round a few grey
@@ -524,9 +524,9 @@ def evaluate(
     batches = _eval_batches(index, config.image_size, settings.batch_size, workers, run_on, on_device)
     bar = None
     if progress:
-        from tqdm import tqdm
+        from ssd.progress import progress as progress_bar
 
-        bar = tqdm(total=len(index.images), desc=f"evaluating {index.name}", unit="img", leave=False)
+        bar = progress_bar(len(index.images), f"evaluating {index.name}", "img", leave=False)
     try:
         with placement as placed, torch.inference_mode():
             image_idx, labels, scores, boxes, failed = _flat_detections(

@@ -1,6 +1,6 @@
 """Progress display for long work, right for where it goes: a live tqdm bar on a terminal, one plain line every
-``interval`` seconds (and at the end) when the output is a file or a pipe, so a log never fills with carriage-return
-updates.
+``interval`` seconds (and one at the end of work that lasted that long) when the output is a file or a pipe, so a
+log never fills with carriage-return updates.
 
     bar = progress(total=1200, desc="train", unit="it")
     bar.update(1); bar.set_postfix(loss="3.21"); bar.close()
@@ -14,18 +14,44 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Iterable, Iterator, TextIO, TypeVar
+
+T = TypeVar("T")
 
 
 def progress(total: int | None, desc: str, unit: str = "it", initial: int = 0, file: TextIO | None = None,
-             leave: bool = True) -> Any:  # fmt: skip
-    """A tqdm bar when ``file`` (default stderr) is a terminal, else a :class:`PlainProgress`."""
+             leave: bool = True, enabled: bool = True, unit_scale: bool = False) -> Any:  # fmt: skip
+    """A tqdm bar when ``file`` (default stderr) is a terminal, else a :class:`PlainProgress`; a bar that shows
+    nothing when not ``enabled``."""
     file = file if file is not None else sys.stderr
+    if not enabled:
+        return PlainProgress(total, desc, unit, initial, file, silent=True)
     if _is_terminal(file):
         from tqdm import tqdm
 
-        return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=file, dynamic_ncols=True, leave=leave)
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=file, dynamic_ncols=True, leave=leave,
+                    unit_scale=unit_scale)  # fmt: skip
     return PlainProgress(total, desc, unit, initial, file)
+
+
+def iterate(items: Iterable[T], desc: str, unit: str = "it", enabled: bool = True, total: int | None = None) -> Iterator[T]:
+    """``items``, with a :func:`progress` display advancing by one per item."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with progress(total, desc, unit, enabled=enabled, leave=False) as bar:
+        for item in items:
+            yield item
+            bar.update(1)
+
+
+def message(bar: Any, text: str, file: TextIO | None = None) -> None:
+    """Print a line for the user without breaking a live bar (tqdm's ``write`` where ``bar`` is one)."""
+    file = file if file is not None else sys.stderr
+    write = getattr(type(bar), "write", None)
+    if write is not None and not isinstance(bar, PlainProgress):
+        write(text, file=file)
+    else:
+        print(text, file=file, flush=True)
 
 
 def _is_terminal(file: TextIO) -> bool:
@@ -39,13 +65,14 @@ class PlainProgress:
     """``desc: 120/1200 it (10%), 66.0 it/s, about 16 s left, loss=3.21``, one line every ``interval`` seconds."""
 
     def __init__(self, total: int | None, desc: str, unit: str, initial: int, file: TextIO,
-                 interval: float | None = None) -> None:  # fmt: skip
-        self.total, self.desc, self.unit, self.file = total, desc, unit, file
+                 interval: float | None = None, silent: bool = False) -> None:  # fmt: skip
+        self.total, self.desc, self.unit, self.file, self.silent = total, desc, unit, file, silent
         self.n = self.start_n = initial
         self.interval = interval if interval is not None else float(os.environ.get("SSD_PROGRESS_INTERVAL", "10"))
         self.start = self.last = time.monotonic()
         self.postfix = ""
         self.closed = False
+        self.written = False
 
     def __enter__(self) -> "PlainProgress":
         return self
@@ -63,11 +90,16 @@ class PlainProgress:
         self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
 
     def close(self) -> None:
+        """The last line, for work that lasted at least one interval (quick work stays quiet in a log)."""
         if not self.closed:
-            self._write()
             self.closed = True
+            if self.written or time.monotonic() - self.start >= self.interval:
+                self._write()
 
     def _write(self) -> None:
+        if self.silent:
+            return
+        self.written = True
         now = time.monotonic()
         self.last = now
         elapsed = now - self.start

@@ -200,10 +200,10 @@ class _Run:
         self.pending: list[tuple[Path, Path, Any, Any]] = []  # file, output path, uint8 image, PreparedImage
 
     def report(self, file: Path, reason: str) -> None:
-        from tqdm import tqdm
+        from ssd.progress import message
 
         self.failed.append({"file": str(file), "error": reason})
-        tqdm.write(f"ssd detect: skipped {file}: {reason}", file=sys.stderr)
+        message(self.bar, f"ssd detect: skipped {file}: {reason}")
         self.bar.update(1)
 
     def add(self, file: Path, out_rel: Path) -> None:
@@ -250,10 +250,10 @@ def run(args: argparse.Namespace) -> int:
     # Folders only once the options, the model and the inputs have passed: a refused command leaves nothing.
     create_dirs([(v["out"], "--out")] + ([(v["json"].parent, "--json")] if v["json"] else []))
 
-    from tqdm import tqdm
+    from ssd.progress import progress
 
     t0 = time.perf_counter()
-    bar = tqdm(total=len(items), unit="image", desc="detect", disable=len(items) <= 1, file=sys.stderr, dynamic_ncols=True)
+    bar = progress(len(items), "detect", "image", enabled=len(items) > 1)
     work = _Run(detector, v["out"], bar)
     try:
         for (file, _), out_rel in zip(items, outputs):

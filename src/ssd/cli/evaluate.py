@@ -196,7 +196,7 @@ def _voc_classes_without_model(root: Path, split: str) -> tuple[str, ...]:
 def _load_index(args: argparse.Namespace, v: dict[str, Any], model_classes):
     from ssd.data.index import DatasetIndex, build_coco_index, build_voc_index
 
-    progress = sys.stderr.isatty()
+    progress = True  # a bar on a terminal, a plain line every few seconds in a log (ssd.progress)
     if "data" in v:
         index = DatasetIndex.load(v["data"])
     elif "voc_root" in v:
@@ -260,7 +260,7 @@ def run_eval(args: argparse.Namespace) -> int:
         amp = {"auto": None, "on": True, "off": False}[args.amp]
         evaluation = evaluate(
             model, index, settings=v["settings"], device=v["device"], amp=amp, workers=args.workers,
-            method=args.method, progress=sys.stderr.isatty(), decode_on_device=args.decode_on_device,
+            method=args.method, progress=True, decode_on_device=args.decode_on_device,
         )  # fmt: skip
     else:
         evaluation = score_detections_dir(v["detections"], index, args.method)

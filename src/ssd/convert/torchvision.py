@@ -57,24 +57,6 @@ def coco_class_names() -> tuple[str, ...]:
     return tuple(f"{name}_{i}" if name == "N/A" else name for i, name in enumerate(categories) if i > 0)
 
 
-def coco_class_names() -> tuple[str, ...]:
-    """The 90 foreground names of torchvision's COCO detectors, so that label ``i`` is COCO category id ``i``.
-
-    torchvision's ``categories`` list (read from ``SSD300_VGG16_Weights.COCO_V1.meta``, no download) has 91
-    entries: ``__background__`` at 0, then names at their COCO category ids, with ``"N/A"`` at the 10 ids
-    COCO leaves unused (12, 26, 29, 30, 45, 66, 68, 69, 71, 83). The network predicts all 91 classes, so
-    the placeholders are kept as classes, renamed ``"N/A_<id>"`` to make the names unique; keeping them
-    keeps every label equal to its COCO category id (``person`` is 1, ``toothbrush`` 90). They are never
-    trained on, so they score low; drop them from results by name if needed.
-    """
-    from torchvision.models.detection import SSD300_VGG16_Weights
-
-    categories = list(SSD300_VGG16_Weights.COCO_V1.meta["categories"])
-    if categories[0] != "__background__":
-        raise SSDError(f"unexpected torchvision COCO categories: {categories[:3]}")
-    return tuple(f"{name}_{i}" if name == "N/A" else name for i, name in enumerate(categories) if i > 0)
-
-
 def _tv_order(k: int) -> list[Any]:
     order: list[Any] = [1.0, EXTRA]
     for r in _TV_ASPECT_RATIOS[k]:

@@ -72,9 +72,9 @@ def download(url: str, dest: Path, md5: str | None = None, progress: bool = True
             total = have + int(length) if length is not None else None
             bar = None
             if progress:
-                from tqdm import tqdm
+                from ssd.progress import progress as progress_bar
 
-                bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, leave=False)
+                bar = progress_bar(total, dest.name, "B", initial=have, leave=False, unit_scale=True)
             with open(part, "ab" if resumed else "wb") as f:
                 while block := response.read(1 << 20):
                     f.write(block)

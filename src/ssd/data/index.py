@@ -376,9 +376,9 @@ def build_coco_index(
 def _progress(items, desc: str, enabled: bool):
     if not enabled:
         return items
-    from tqdm import tqdm
+    from ssd.progress import iterate
 
-    return tqdm(items, desc=desc, unit="img", leave=False)
+    return iterate(items, desc, "img")
 
 
 def summary_lines(index: DatasetIndex) -> list[str]:

@@ -200,9 +200,9 @@ def generate_synthetic(
 
     bar = None
     if progress:
-        from tqdm import tqdm
+        from ssd.progress import progress as progress_bar
 
-        bar = tqdm(total=sum(config.splits.values()), desc="synthetic data", unit="img", dynamic_ncols=True)
+        bar = progress_bar(sum(config.splits.values()), "synthetic data", "img")
     splits: dict[str, SplitSummary] = {}
     first_id = 1  # ids number trainval, then test, as VOC2007 numbers one folder
     try:
