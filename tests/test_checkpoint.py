@@ -79,6 +79,7 @@ def test_mismatched_weights_say_which(tmp_path):
         load_model(tmp_path / "b.ckpt")
 
 
+@pytest.mark.slow
 def test_cli_info_and_errors(tmp_path):
     path = save_checkpoint(build_model("small", ["cat", "dog"]), tmp_path / "m.ckpt")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -68,6 +68,7 @@ def threads():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_overfits_and_each_broken_variant_falls_short(overfit_data, tmp_path, threads):
     data, eval_index = overfit_data
     good = evaluate(_overfit(data, tmp_path / "good"), eval_index).voc.mAP

@@ -325,7 +325,8 @@ def test_config_validation():
     assert SyntheticConfig(classes=["circle", "arrow"]).classes == ("circle", "arrow")
 
 
-def test_every_shape_draws_and_progress_bar(tmp_path, capsys):
+def test_every_shape_draws_and_progress_bar(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SSD_PROGRESS_INTERVAL", "0")  # a plain progress line however quick the work
     config = SyntheticConfig(num_trainval=6, num_test=0, classes=tuple(SHAPES), empty_fraction=0.0, seed=3)
     summary = generate_synthetic(tmp_path, config, progress=True)
     assert "synthetic data" in capsys.readouterr().err

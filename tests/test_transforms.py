@@ -164,6 +164,7 @@ def test_zoom_out_and_flip_frequencies():
     assert not any(off.sample_params(100, 120, target, rng).zoomed or off.sample_params(100, 120, target, rng).flip for _ in range(200))
 
 
+@pytest.mark.slow
 def test_crop_options_drawn_uniformly():
     boxes = torch.tensor([[0, 0, 300, 300], [30, 40, 200, 220], [150, 100, 260, 280], [10, 200, 60, 260]], dtype=torch.float32)
     rng = random.Random(3)

@@ -73,6 +73,7 @@ class PlainProgress:
         self.postfix = ""
         self.closed = False
         self.written = False
+        self.written_state: tuple[int, str] | None = None  # count and postfix on the last line written
 
     def __enter__(self) -> "PlainProgress":
         return self
@@ -93,13 +94,14 @@ class PlainProgress:
         """The last line, for work that lasted at least one interval (quick work stays quiet in a log)."""
         if not self.closed:
             self.closed = True
-            if self.written or time.monotonic() - self.start >= self.interval:
+            long_work = self.written or time.monotonic() - self.start >= self.interval
+            if long_work and self.written_state != (self.n, self.postfix):  # never the same line twice
                 self._write()
 
     def _write(self) -> None:
         if self.silent:
             return
-        self.written = True
+        self.written, self.written_state = True, (self.n, self.postfix)
         now = time.monotonic()
         self.last = now
         elapsed = now - self.start
