@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -69,11 +70,21 @@ def test_resume_may_change_only_how_to_run():
                                   "eval_every", "val_data", "tensorboard", "max_nonfinite", "max_seconds"}  # fmt: skip
 
 
-def test_the_train_parser_is_built_without_torch():
-    code = ("import sys, argparse; from ssd.cli.train import register; p = argparse.ArgumentParser(); "
-            "register(p.add_subparsers()); print('torch' in sys.modules)")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
-    assert out.stdout.strip() == "False"
+def test_help_and_argument_errors_never_import_torch():
+    """`ssd --help`, every `ssd CMD --help` and an argument error answer at once: torch is not imported."""
+    from ssd.cli import COMMAND_MODULES
+
+    commands = [[]] + [[c] for c in ("demo", "data", "train", "eval", "detect", "serve", "export", "convert", "info")]
+    argvs = [c + ["--help"] for c in commands] + [["train", "--lr", "abc"], ["detect", "--top-k", "x"]]
+    code = ("import sys, json; from ssd.cli import main\n"
+            "for argv in json.loads(sys.argv[1]):\n"
+            "    try: main(argv)\n"
+            "    except SystemExit: pass\n"
+            "print('torch' in sys.modules, file=sys.stderr)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(argvs)], capture_output=True, text=True, cwd=REPO,
+                         check=True)  # fmt: skip
+    assert out.stderr.strip().splitlines()[-1] == "False"
+    assert out.stdout.count("usage: ssd") >= len(commands) == len(COMMAND_MODULES) + 2  # + ssd itself and info
 
 
 def test_a_schedule_that_cannot_be_meant_is_refused_or_warned_about():

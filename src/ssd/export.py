@@ -69,14 +69,11 @@ import torch
 from torch import Tensor, nn
 
 from ssd.errors import SSDError
+from ssd.onnx_format import DEFAULT_OPSET, FORMAT, FORMAT_VERSION, MIN_OPSET
 from ssd.postprocess import DecodedSSD
 
 __all__ = ["DEFAULT_OPSET", "MIN_OPSET", "OnnxModel", "export_onnx", "require_export_dependencies"]
 
-DEFAULT_OPSET = 18
-MIN_OPSET = 18
-FORMAT = "ssd-onnx"
-FORMAT_VERSION = 1
 
 _PIP_EXPORT = "pip install onnx onnxscript onnxruntime"
 _PIP_RUN = "pip install onnxruntime"

@@ -49,12 +49,13 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ssd.errors import SSDError
 from ssd.settings import DECODING_SETTINGS, DetectSettings, setting_spec
+
+if TYPE_CHECKING:  # only in annotations: `ssd serve --help` stays torch-free
+    import torch
 
 __all__ = ["create_app", "require_serve_dependencies", "STATIC_DIR", "ServeLimits"]
 
@@ -114,7 +115,7 @@ class ServeLimits:
 # --- images ---------------------------------------------------------------------------------------
 
 
-def decode_upload(data: bytes, name: str, max_pixels: int) -> torch.Tensor:
+def decode_upload(data: bytes, name: str, max_pixels: int) -> "torch.Tensor":
     """Uploaded bytes -> uint8 RGB (3, H, W), upright, decoded in memory exactly as
     :func:`ssd.detector.load_image` decodes the same file (so the service and ``Detector`` agree). Raises
     :class:`HTTPProblem`."""
@@ -321,7 +322,7 @@ def parse_settings(params: dict[str, str], detector) -> tuple[DetectSettings, bo
         raise HTTPProblem(422, str(err)) from err
 
 
-def _annotated_png(image: torch.Tensor, dets) -> str:
+def _annotated_png(image: "torch.Tensor", dets) -> str:
     from PIL import Image
 
     from ssd.visualize import draw_detections

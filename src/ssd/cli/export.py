@@ -21,7 +21,7 @@ def _batch(text: str) -> int | None:
 
 
 def _opset(text: str) -> int:
-    from ssd.export import MIN_OPSET
+    from ssd.onnx_format import MIN_OPSET
 
     try:
         v = int(text)
@@ -33,7 +33,7 @@ def _opset(text: str) -> int:
 
 
 def register(sub) -> None:
-    from ssd.export import DEFAULT_OPSET
+    from ssd.onnx_format import DEFAULT_OPSET, MIN_OPSET
 
     p = sub.add_parser(
         "export",
@@ -48,7 +48,7 @@ def register(sub) -> None:
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="an ssd checkpoint")
     p.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
-    p.add_argument("--opset", type=_opset, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset, 18 or newer (default {DEFAULT_OPSET})")
+    p.add_argument("--opset", type=_opset, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset, {MIN_OPSET} or newer (default {DEFAULT_OPSET})")
     p.add_argument("--batch", type=_batch, default=None, metavar="dynamic|N",
                    help="'dynamic' (default): any batch size; N: a fixed batch size")
     p.add_argument("--no-verify", action="store_true", help="skip running the file with onnxruntime against PyTorch")
