@@ -7,6 +7,7 @@ class near 1/21; a larger scale saturates scores at 1.0, where ties would make o
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -244,7 +245,7 @@ def test_cli_progress_bar_and_settings(checkpoint, tmp_path, capsys, monkeypatch
     assert code == 0, err
     assert err.count("3/3 image (100%)") == 1 and "\r" not in err  # plain lines: stderr is not a terminal here
     payload = json.loads(js.read_text())
-    assert payload["settings"] == {"min_score": 0.21, "max_overlap": 0.5, "top_k": 3, "suppress": ["diningtable", "car", "horse"]}
+    assert payload["settings"] == {"min_score": 0.21, "max_overlap": 0.45, "top_k": 3, "suppress": ["diningtable", "car", "horse"]}
     for rec in payload["images"]:
         assert len(rec["detections"]) <= 3
         assert not {d["class_name"] for d in rec["detections"]} & {"diningtable", "car", "horse"}
@@ -314,7 +315,7 @@ def test_parser_defaults_match_detector(monkeypatch):
     sub = parser.add_subparsers()
     detect_cli.register(sub)
     args = parser.parse_args(["detect", "c.pt", "x.jpg"])
-    assert (args.min_score, args.max_overlap, args.top_k, args.batch_size) == (0.2, 0.5, 200, 8)
+    assert (args.min_score, args.max_overlap, args.top_k, args.batch_size) == (0.2, 0.45, 200, 8)
     assert (args.device, args.out, args.json, args.suppress, args.onnx) == ("auto", "detections", None, [], None)
     d = DetectSettings()
     assert (args.min_score, args.max_overlap, args.top_k, args.batch_size) == (d.min_score, d.max_overlap, d.top_k, d.batch_size)
@@ -325,11 +326,26 @@ def test_parser_defaults_match_detector(monkeypatch):
     assert Detector.from_checkpoint.__defaults__ == ("auto", None)  # device, settings: no copied setting defaults
 
 
+def run_help(command: str) -> str:
+    """What `ssd COMMAND --help` prints."""
+    from ssd.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command].format_help()
+
+
 def test_detect_settings_are_validated_on_construction():
     d = DetectSettings()
-    assert (d.min_score, d.max_overlap, d.top_k, d.suppress, d.batch_size) == (0.2, 0.5, 200, (), 8)
+    assert (d.min_score, d.max_overlap, d.top_k, d.suppress, d.batch_size) == (0.2, 0.45, 200, (), 8)
     paper = DetectSettings.for_evaluation()
     assert (paper.min_score, paper.max_overlap, paper.top_k, paper.batch_size) == (0.01, 0.45, 200, 32)
+    # only the score threshold differs, and every command's --help says why
+    from ssd.settings import defaults_explained
+
+    assert "NMS (IoU 0.45) and at most 200" in defaults_explained() and "above 0.2" in defaults_explained()
+    for command in ("detect", "serve", "eval"):
+        assert "precision-recall curve" in " ".join(run_help(command).split())
     assert d.replace(top_k=3, suppress="car") == DetectSettings(top_k=3, suppress=("car",))
     assert d.replace(suppress=["a", "b"]).suppress == ("a", "b") and d.replace() is d
     for bad, name in [(dict(min_score=1.5), "min_score"), (dict(min_score=float("inf")), "min_score"),

@@ -475,7 +475,7 @@ def test_cli_errors_are_one_line(tmp_path):
         p.parse_args(["serve", "--checkpoint", "x.pt", "--max-upload-mb", "0"])
     # The request defaults are DetectSettings' options, checked as ssd detect checks them.
     a = p.parse_args(["serve", "--checkpoint", str(tmp_path / "missing.pt"), "--top-k", "0"])
-    assert (a.min_score, a.max_overlap, a.suppress) == (0.2, 0.5, [])
+    assert (a.min_score, a.max_overlap, a.suppress) == (0.2, 0.45, [])
     with pytest.raises(SSDError, match="^--top-k must be a positive integer"):
         a.func(a)
 

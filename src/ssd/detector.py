@@ -4,7 +4,7 @@
 
     from ssd.detector import Detector
 
-    detector = Detector.from_checkpoint("checkpoint.pt")      # DetectSettings(): min_score 0.2, max_overlap 0.5, top_k 200
+    detector = Detector.from_checkpoint("checkpoint.pt")      # DetectSettings(): min_score 0.2, max_overlap 0.45, top_k 200
     for det in detector(["street.jpg", "dog.png"]):
         for name, score, box in zip(det.class_names, det.scores, det.boxes):
             print(det.source, name, f"{score:.2f}", box.round(1))   # box: x1, y1, x2, y2 in pixels
@@ -170,7 +170,7 @@ class Detector:
     ``Detector.from_checkpoint(path)`` or ``Detector(model)``; then ``detector(inputs, **overrides)`` (see the
     module docstring for inputs and steps). Settings are a :class:`~ssd.settings.DetectSettings` (``settings``;
     keyword ``overrides`` replace some of its values, here and per call): ``min_score`` (keep scores above it,
-    default 0.2), ``max_overlap`` (per-class NMS IoU, 0.5), ``top_k`` (detections per image, 200, at most the
+    default 0.2), ``max_overlap`` (per-class NMS IoU, 0.45, the paper's), ``top_k`` (detections per image, 200, at most the
     model's prior count), ``suppress`` (class names never reported; dropped before NMS and top-k) and
     ``batch_size`` (images per forward pass, 8).
 

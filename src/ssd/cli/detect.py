@@ -40,7 +40,7 @@ _SETTINGS = ("min_score", "max_overlap", "top_k", "suppress", "batch_size")
 
 def register(sub) -> None:
     from ssd.device import DEVICE_HELP
-    from ssd.settings import DetectSettings
+    from ssd.settings import DetectSettings, defaults_explained
 
     p = sub.add_parser(
         "detect",
@@ -50,7 +50,8 @@ def register(sub) -> None:
         description="Run a model over image files and folders (folders are scanned recursively, sorted). "
         "For each image an annotated copy goes to --out (same file name and format); --json FILE collects "
         "every detection (file, class name, score, box x1, y1, x2, y2 in pixels of the original image, "
-        "pixel i spanning [i, i+1)). Unreadable files are reported and skipped; the exit status is then 1.",
+        "pixel i spanning [i, i+1)). Unreadable files are reported and skipped; the exit status is then 1. "
+        + defaults_explained(),
         epilog="With --onnx the model is a file written by `ssd export` run with onnxruntime (class names and "
         "input size come from its metadata; thresholds, per-class NMS and top-k run after it, as in PyTorch); "
         "leave CHECKPOINT out.",

@@ -32,14 +32,15 @@ _TEST_SETTINGS = ("min_score", "max_overlap", "top_k")
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from ssd.device import DEVICE_HELP
-    from ssd.settings import DetectSettings
+    from ssd.settings import DetectSettings, defaults_explained
 
     paper = DetectSettings.for_evaluation()
     p = sub.add_parser(
         "eval",
         help="evaluate a checkpoint on a dataset split: VOC mAP (devkit rules), COCO-style AP, PR curves",
         description="Evaluate a checkpoint on a dataset split, or score devkit results files (--detections) "
-        "without a model. VOC AP follows the official devkit (VOCevaldet); see docs/evaluation.md.",
+        "without a model. VOC AP follows the official devkit (VOCevaldet); see docs/evaluation.md. "
+        + defaults_explained(),
     )
     p.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help="an ssd checkpoint (not with --detections)")
     src = p.add_argument_group("dataset (one of)")

@@ -36,7 +36,7 @@ def _non_negative(text: str) -> float:
 def register(sub) -> None:
     from ssd.device import DEVICE_HELP
     from ssd.serve import ServeLimits
-    from ssd.settings import DECODING_SETTINGS, DetectSettings
+    from ssd.settings import DECODING_SETTINGS, DetectSettings, defaults_explained
 
     d = ServeLimits()
     p = sub.add_parser(
@@ -45,8 +45,8 @@ def register(sub) -> None:
         description="Serve a checkpoint over HTTP: POST /detect (an image as multipart field 'image' or the raw "
         "body; min_score, max_overlap, top_k, suppress, annotated as query parameters) -> JSON detections; "
         "GET / is a web page to try it; GET /health, /model, /stats. Requests arriving within the batch window "
-        "run through the model together. Needs: pip install 'ssd-detector[serve]'.",
-        epilog="Example: ssd serve --checkpoint ckpt.pt, then "
+        "run through the model together. Needs: pip install 'ssd-detector[serve]'. " + defaults_explained(),
+        epilog="Example: ssd serve --checkpoint ssd-demo/run/model.ckpt, then "
         "curl -F image=@dog.jpg 'http://127.0.0.1:8000/detect?min_score=0.3'",
     )
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="an ssd checkpoint")
