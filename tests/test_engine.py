@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -259,6 +260,36 @@ def test_eval_every_logs_map_during_training(tiny_data, tmp_path):
     assert all(0.0 <= e["eval_mAP"] <= 1.0 for e in result.evaluations)
     logged = [json.loads(line) for line in (tmp_path / "ev" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "eval_mAP" in r] == [2, 4]
+
+
+def _first_best(evaluations: list[dict]) -> dict:
+    return max(evaluations, key=lambda e: (e["eval_mAP"], -e["step"]))  # ties: the earlier step
+
+
+def test_val_keeps_the_best_checkpoint_across_a_resume(tiny_data, tmp_path, capsys):
+    """best.ckpt holds the weights of the best evaluation (its mAP, step and split, shown by `ssd info`); a resumed
+    run knows the best figure from last.ckpt and replaces best.ckpt only with a better one."""
+    from ssd.checkpoint import load_model
+    from ssd.cli import main
+
+    cfg = _cfg(tiny_data, tmp_path / "b", iterations=4, lr=3e-3, val_data=str(tiny_data), eval_every=2)
+    first = train(cfg, log=lambda m: None)
+    resumed = train(TrainConfig(resume=str(tmp_path / "b" / "last.ckpt")), log=lambda m: None,
+                    resume_overrides={"iterations": 8})  # fmt: skip
+    evaluations = first.evaluations + resumed.evaluations
+    assert [e["step"] for e in evaluations] == [2, 4, 6, 8]
+    best = _first_best(evaluations)
+    ckpt = load_checkpoint(tmp_path / "b" / "best.ckpt")
+    assert ckpt["eval"] == {"mAP": best["eval_mAP"], "step": best["step"], "split": DatasetIndex.load(tiny_data).name}
+    flags, running = [], -1.0
+    for e in evaluations:
+        flags.append(e["eval_mAP"] > running)
+        running = max(running, e["eval_mAP"])
+    assert [e["best"] for e in evaluations] == flags  # written exactly when better than every earlier one
+    assert load_model(tmp_path / "b" / "best.ckpt").config.preset == "small"  # usable wherever model.ckpt is
+    assert main(["info", str(tmp_path / "b" / "best.ckpt"), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["evaluation"] == ckpt["eval"]
 
 
 def test_max_seconds_stops_early_and_saves(tiny_data, tmp_path):

@@ -44,6 +44,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "parameters": n_params,
         "other_entries": sorted(k for k in ckpt if k not in ("format", "format_version", "library_version", "config", "model")),
     }
+    if isinstance(ckpt.get("eval"), dict):  # best.ckpt: the evaluation that made it the best
+        info["evaluation"] = {k: ckpt["eval"].get(k) for k in ("mAP", "step", "split")}
+    if isinstance(ckpt.get("step"), int):  # last.ckpt: where training stands
+        info["step"] = ckpt["step"]
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -111,11 +111,11 @@ class RunLog:
             self.bar.set_postfix(loss=f"{values['total']:.3f}", loc=f"{values['loc']:.3f}", cls=f"{values['cls']:.3f}",
                                  lr=f"{lr:.2e}", img_s=f"{speed:.0f}")  # fmt: skip
 
-    def record_evaluation(self, step: int, name: str, m_ap: float) -> None:
+    def record_evaluation(self, step: int, name: str, m_ap: float, best: bool = False) -> None:
         if not self.main:
             return
-        self.echo(f"step {step}: {name} VOC07 mAP {m_ap:.4f}")
-        self._write({"step": step, "eval_mAP": m_ap})
+        self.echo(f"step {step}: {name} VOC07 mAP {m_ap:.4f}" + (" (best so far: best.ckpt)" if best else ""))
+        self._write({"step": step, "eval_mAP": m_ap, "best": best})
         if self.writer is not None:
             self.writer.add_scalar("eval/mAP", m_ap, step)
 

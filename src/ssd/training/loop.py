@@ -6,6 +6,7 @@ A run folder holds::
     log.jsonl          one JSON record per logged step (loss parts, learning rate, images/s)
     last.ckpt          the full training state (model, optimiser, schedule, step, RNG), atomically
     model.ckpt         the final weights alone, for `ssd eval` / `ssd detect` (last.ckpt works there too)
+    best.ckpt          with --val: the weights of the best evaluation so far, its mAP and step (`ssd info`)
     tb/                TensorBoard logs (when the tensorboard package is installed)
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the same call trains with DistributedDataParallel: ``batch_size`` is the
@@ -146,7 +147,7 @@ def _run_steps(cfg, schedule, runtime: Runtime, state: RunState, data: DataStrea
                 if step % schedule.checkpoint_every == 0 and step < schedule.iterations:
                     state.save(step)
                 if val_index is not None and schedule.eval_every and step % schedule.eval_every == 0:
-                    result.evaluations.append(_evaluate(state.model, val_index, step, run_log, runtime))
+                    result.evaluations.append(_evaluate(state, val_index, step, run_log, runtime))
                 if state.clock.exhausted:
                     run_log.note(f"time budget of {cfg.max_seconds:g} s reached at step {step}")
                     result.stopped = True
@@ -202,19 +203,20 @@ def _agreed(flag: bool, runtime: Runtime) -> bool:
     return bool(t.item())
 
 
-def _evaluate(model, index, step: int, run_log: RunLog, runtime: Runtime) -> dict[str, Any]:
-    """Evaluate on rank 0 while the others wait; the model goes back to training mode."""
+def _evaluate(state: RunState, index, step: int, run_log: RunLog, runtime: Runtime) -> dict[str, Any]:
+    """Evaluate on rank 0 while the others wait, keeping best.ckpt; the model goes back to training mode."""
     from ssd.evaluate import evaluate
 
     if not runtime.dist.is_main:
         dist.barrier()  # wait for rank 0's evaluation before the next step's collectives
         return {}
-    m_ap = evaluate(model, index).voc.mAP
-    model.train()
-    run_log.record_evaluation(step, index.name, m_ap)
+    m_ap = evaluate(state.model, index).voc.mAP
+    state.model.train()
+    best = state.keep_if_best(m_ap, step, index.name)
+    run_log.record_evaluation(step, index.name, m_ap, best)
     if runtime.dist.enabled:
         dist.barrier()
-    return {"step": step, "eval_mAP": m_ap}
+    return {"step": step, "eval_mAP": m_ap, "best": best}
 
 
 class _StopRequest:

@@ -2,7 +2,9 @@
 
 ``last.ckpt`` holds the model, the optimiser, the schedule, the fp16 scaler, the step, the training time spent and
 the RNG states, written atomically, and only from a state worth resuming: no more skipped steps than allowed and
-finite weights (:class:`RunState`). A resumed run restores all of it and continues bit for bit.
+finite weights (:class:`RunState`). A resumed run restores all of it and continues bit for bit. With ``--val``,
+``best.ckpt`` holds the weights of the best evaluation so far (its mAP, step and split under ``eval``); the best
+figure travels in ``last.ckpt`` so that a resumed run only replaces best.ckpt with a better one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ssd.checkpoint import CheckpointError, atomic_torch_save, make_checkpoint
+from ssd.checkpoint import CheckpointError, atomic_torch_save, make_checkpoint, save_checkpoint
 from ssd.errors import TrainingDiverged
 from ssd.training.config import Schedule, TrainConfig
 from ssd.training.step import StepHealth, TrainStep, all_finite
@@ -113,6 +115,7 @@ class RunState:
                  guard: NonFiniteGuard, is_main: bool) -> None:  # fmt: skip
         self.cfg, self.model, self.step_fn, self.scheduler = cfg, model, step, scheduler
         self.clock, self.guard, self.is_main = clock, guard, is_main
+        self.best_eval: dict[str, Any] | None = None  # {"mAP", "step", "split"} of best.ckpt, kept across resumes
 
     def restore(self, ckpt: dict[str, Any]) -> int:
         """Load the training state of ``ckpt`` (the model is loaded already); returns the step it was saved at."""
@@ -124,6 +127,7 @@ class RunState:
             step = int(ckpt["step"])
             self.clock.start(float(ckpt.get("train_seconds", 0.0)))
             set_rng_state(ckpt["rng"])
+            self.best_eval = ckpt.get("best_eval")
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"--resume {self.cfg.resume}: the training state is incomplete or does not fit: {err}") from err
         return step
@@ -149,4 +153,15 @@ class RunState:
         }
         if self.step_fn.scaler.is_enabled():
             extra["scaler"] = self.step_fn.scaler.state_dict()
+        if self.best_eval is not None:
+            extra["best_eval"] = self.best_eval
         atomic_torch_save(make_checkpoint(self.model, **extra), self.guard.last_path)
+
+    def keep_if_best(self, m_ap: float, step: int, split: str) -> bool:
+        """Write best.ckpt (the weights, with ``eval``: mAP, step and split) when ``m_ap`` beats every earlier
+        evaluation of the run; returns whether it did. Rank 0 only."""
+        if not self.is_main or (self.best_eval is not None and m_ap <= self.best_eval["mAP"]):
+            return False
+        self.best_eval = {"mAP": float(m_ap), "step": int(step), "split": split}
+        save_checkpoint(self.model, self.guard.last_path.with_name("best.ckpt"), eval=self.best_eval)
+        return True
