@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -598,3 +599,39 @@ def test_draw_detections_styles_colours_and_tags(detector):
     assert draw_detections(Image.new("I;16", (50, 40)), Dets(), None).mode == "RGB"
     tiny = draw_detections(Image.new("RGB", (1, 1)), Dets(), None)  # nothing fits, nothing breaks
     assert tiny.size == (1, 1)
+
+
+def test_tags_never_cover_each_other_in_a_crowded_image():
+    """Forty boxes piled into a 320 x 240 image: no two tags overlap, each lies inside the image, the best box's
+    tag sits above it, and the tags left out are counted in a corner and in ``info["hidden_labels"]``."""
+    from ssd.visualize import place_tags
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(20, 200, size=(40, 2))
+    wh = rng.uniform(15, 90, size=(40, 2))
+
+    class Crowd:
+        boxes = np.concatenate([xy, np.minimum(xy + wh, [319.0, 239.0])], axis=1)
+        labels = rng.integers(1, 21, size=40)
+        scores = rng.uniform(0.2, 1.0, size=40)
+
+    blank = Image.new("RGB", (320, 240), (255, 255, 255))
+    drawn = draw_detections(blank, Crowd(), [f"class{i}" for i in range(1, 21)])
+    hidden = drawn.info["hidden_labels"]
+    assert 0 < hidden < 40  # crowded enough to leave some out, not so much that none fit
+
+    order = np.argsort(-Crowd.scores, kind="stable")
+    boxes = [tuple(int(v) for v in (math.floor(b[0]), math.floor(b[1]), math.ceil(b[2]) - 1, math.ceil(b[3]) - 1))
+             for b in Crowd.boxes[order]]  # fmt: skip
+    spots = place_tags(boxes, [(70, 14)] * 40, (320, 240))
+    placed = [s for s in spots if s is not None]
+    assert 0 < len(placed) < 40
+    for k, a in enumerate(placed):
+        assert 0 <= a[0] <= a[2] < 320 and 0 <= a[1] <= a[3] < 240
+        for b in placed[k + 1 :]:
+            assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1], (a, b)
+    best = boxes[0]
+    assert spots[0] == (min(best[0], 320 - 70), max(0, best[1] - 14), min(best[0], 320 - 70) + 69, max(0, best[1] - 14) + 13)
+    # one box alone keeps its tag; a second box at the same place puts its tag inside its top edge
+    two = place_tags([(50, 50, 150, 150), (50, 50, 150, 150)], [(40, 10), (40, 10)], (320, 240))
+    assert two == [(50, 40, 89, 49), (50, 50, 89, 59)]

@@ -7,9 +7,11 @@
   on a 100 x 100 image, 7 px lines and a 54 px font on 2000 x 1500.
 * The font is Pillow's own scalable font (``ImageFont.load_default(size=...)``, FreeType, shipped with
   Pillow >= 10.1), so no font file comes with this package.
-* A tag sits above its box, or inside the box's top edge when there is no room above, and is moved
-  left or up so that it stays inside the image. Boxes are drawn inside their pixels (a box
-  ``x1, y1, x2, y2`` in continuous pixels covers columns ``floor(x1) .. ceil(x2) - 1``).
+* Tags never cover each other (:func:`place_tags`): best score first, each tag takes the first free spot of
+  above its box, inside its top edge, below its box, inside its bottom edge (each kept inside the image); a tag
+  with no free spot is left out, and a last tag in a corner says how many were (``+3 labels hidden``; also
+  ``image.info["hidden_labels"]``). Boxes are drawn inside their pixels (a box ``x1, y1, x2, y2`` in
+  continuous pixels covers columns ``floor(x1) .. ceil(x2) - 1``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["draw_detections", "class_color", "PALETTE", "style_for_size"]
+__all__ = ["draw_detections", "class_color", "PALETTE", "place_tags", "style_for_size"]
 
 PALETTE: tuple[tuple[int, int, int], ...] = tuple(
     tuple(int(h[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[misc]
@@ -136,26 +138,85 @@ def draw_detections(
     pad = max(1, round(fs * 0.2))
     tag_h = text_h + 2 * pad
 
-    order = np.argsort(scores, kind="stable")  # worst first: the best box and tag end up on top
-    rects = []
+    order = np.argsort(scores, kind="stable")  # worst first: the best box ends up on top
+    boxes_px = {}
     for i in order:
-        x0, y0, x1, y1 = boxes[i]
         if not np.all(np.isfinite(boxes[i])):
             continue
+        x0, y0, x1, y1 = boxes[i]
         left = int(min(max(math.floor(x0), 0), w - 1))
         top = int(min(max(math.floor(y0), 0), h - 1))
         right = int(min(max(math.ceil(x1) - 1, left), w - 1))
         bottom = int(min(max(math.ceil(y1) - 1, top), h - 1))
-        colour = class_color(labels[i])
-        draw.rectangle([left, top, right, bottom], outline=colour + alpha, width=lw)
-        rects.append((i, left, top, colour))
-    for i, left, top, colour in rects:
-        text = f"{names[i]} {scores[i]:.2f}"
-        tb = draw.textbbox((0, 0), text, font=font)
-        tag_w = (tb[2] - tb[0]) + 2 * pad
-        ty = top - tag_h if top - tag_h >= 0 else top  # above the box, else inside its top edge
-        ty = max(0, min(ty, h - tag_h))
-        tx = max(0, min(left, w - tag_w))
-        draw.rectangle([tx, ty, tx + tag_w - 1, ty + tag_h - 1], fill=colour + alpha)
-        draw.text((tx + pad - tb[0], ty + pad - text_top), text, font=font, fill=text_color(colour) + alpha)
+        draw.rectangle([left, top, right, bottom], outline=class_color(labels[i]) + alpha, width=lw)
+        boxes_px[int(i)] = (left, top, right, bottom)
+
+    best_first = [int(i) for i in order[::-1] if int(i) in boxes_px]
+    texts = {i: f"{names[i]} {scores[i]:.2f}" for i in best_first}
+    widths = {i: _text_width(draw, texts[i], font) + 2 * pad for i in best_first}
+    spots = place_tags([boxes_px[i] for i in best_first], [(widths[i], tag_h) for i in best_first], (w, h))
+    placed = [spot for spot in spots if spot is not None]
+    for i, spot in zip(best_first, spots):
+        if spot is not None:
+            _draw_tag(draw, spot, texts[i], class_color(labels[i]), font, pad, text_top, alpha)
+    hidden = len(spots) - len(placed)
+    if hidden:
+        note = f"+{hidden} label{'s' if hidden > 1 else ''} hidden"
+        size = (_text_width(draw, note, font) + 2 * pad, tag_h)
+        corner = _free_corner(size, placed, (w, h))
+        if corner is not None:
+            _draw_tag(draw, corner, note, (255, 255, 255), font, pad, text_top, alpha)
+    out.info["hidden_labels"] = hidden
     return out
+
+
+Rect = tuple[int, int, int, int]
+"""A tag's rectangle: left, top, right, bottom in pixels, inclusive."""
+
+
+def place_tags(boxes: Sequence[Rect], sizes: Sequence[tuple[int, int]], image_size: tuple[int, int]) -> list[Rect | None]:
+    """Where each box's tag goes, in the given order (best first): the first spot of above the box, inside its top
+    edge, below it, inside its bottom edge (each moved to lie inside the image) that overlaps no tag placed before;
+    ``None`` when every spot is taken. ``boxes`` and the result are inclusive pixel rectangles; ``sizes`` are the
+    tags' (width, height)."""
+    w, h = image_size
+    placed: list[Rect] = []
+    result: list[Rect | None] = []
+    for (left, top, right, bottom), (tw, th) in zip(boxes, sizes):
+        spot = None
+        for ty in (top - th, top, bottom + 1, bottom + 1 - th):
+            tx, y = max(0, min(left, w - tw)), max(0, min(ty, h - th))
+            rect = (tx, y, tx + tw - 1, y + th - 1)
+            if not any(_overlap(rect, other) for other in placed):
+                spot = rect
+                break
+        if spot is not None:
+            placed.append(spot)
+        result.append(spot)
+    return result
+
+
+def _overlap(a: Rect, b: Rect) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+
+def _free_corner(size: tuple[int, int], placed: Sequence[Rect], image_size: tuple[int, int]) -> Rect | None:
+    """A corner of the image where a tag of ``size`` overlaps none of ``placed`` (bottom right first)."""
+    (tw, th), (w, h) = size, image_size
+    for x, y in ((w - tw, h - th), (0, h - th), (w - tw, 0), (0, 0)):
+        rect = (max(0, x), max(0, y), max(0, x) + tw - 1, max(0, y) + th - 1)
+        if not any(_overlap(rect, other) for other in placed):
+            return rect
+    return None
+
+
+def _text_width(draw, text: str, font) -> int:
+    box = draw.textbbox((0, 0), text, font=font)
+    return int(box[2] - box[0])
+
+
+def _draw_tag(draw, rect: Rect, text: str, colour: tuple[int, int, int], font, pad: int, text_top: int,
+              alpha: tuple[int, ...]) -> None:  # fmt: skip
+    left = draw.textbbox((0, 0), text, font=font)[0]
+    draw.rectangle(list(rect), fill=colour + alpha)
+    draw.text((rect[0] + pad - left, rect[1] + pad - text_top), text, font=font, fill=text_color(colour) + alpha)
