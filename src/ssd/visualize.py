@@ -122,15 +122,7 @@ def draw_detections(
     boxes = _as_numpy(detections.boxes).reshape(-1, 4).astype(np.float64)
     labels = _as_numpy(detections.labels).reshape(-1).astype(np.int64)
     scores = _as_numpy(detections.scores).reshape(-1).astype(np.float64)
-    own_names = getattr(detections, "class_names", None)
-    names = []
-    for i, label in enumerate(labels):
-        if class_names is not None and 1 <= label <= len(class_names):
-            names.append(str(class_names[label - 1]))
-        elif class_names is None and own_names is not None and len(own_names) == len(labels):
-            names.append(str(own_names[i]))
-        else:
-            names.append(f"class {label}")
+    names = _label_names(labels, class_names, getattr(detections, "class_names", None))
 
     # Text height from a reference string, so that every tag of an image has the same height.
     ref = draw.textbbox((0, 0), "Ag|0.9y", font=font)
@@ -143,13 +135,8 @@ def draw_detections(
     for i in order:
         if not np.all(np.isfinite(boxes[i])):
             continue
-        x0, y0, x1, y1 = boxes[i]
-        left = int(min(max(math.floor(x0), 0), w - 1))
-        top = int(min(max(math.floor(y0), 0), h - 1))
-        right = int(min(max(math.ceil(x1) - 1, left), w - 1))
-        bottom = int(min(max(math.ceil(y1) - 1, top), h - 1))
-        draw.rectangle([left, top, right, bottom], outline=class_color(labels[i]) + alpha, width=lw)
-        boxes_px[int(i)] = (left, top, right, bottom)
+        boxes_px[int(i)] = _pixel_rect(boxes[i], (w, h))
+        draw.rectangle(list(boxes_px[int(i)]), outline=class_color(labels[i]) + alpha, width=lw)
 
     best_first = [int(i) for i in order[::-1] if int(i) in boxes_px]
     texts = {i: f"{names[i]} {scores[i]:.2f}" for i in best_first}
@@ -172,6 +159,31 @@ def draw_detections(
 
 Rect = tuple[int, int, int, int]
 """A tag's rectangle: left, top, right, bottom in pixels, inclusive."""
+
+
+def _label_names(labels, class_names, own_names) -> list[str]:
+    """One display name per detection: ``class_names[label - 1]``, else the detection's own name, else
+    ``class N``."""
+    names = []
+    for i, label in enumerate(labels):
+        if class_names is not None and 1 <= label <= len(class_names):
+            names.append(str(class_names[label - 1]))
+        elif class_names is None and own_names is not None and len(own_names) == len(labels):
+            names.append(str(own_names[i]))
+        else:
+            names.append(f"class {label}")
+    return names
+
+
+def _pixel_rect(box_xyxy_px, size: tuple[int, int]) -> "Rect":
+    """The inclusive pixel rectangle a float ``xyxy`` box covers, clipped to an image of ``size`` (w, h)."""
+    w, h = size
+    x0, y0, x1, y1 = box_xyxy_px
+    left = int(min(max(math.floor(x0), 0), w - 1))
+    top = int(min(max(math.floor(y0), 0), h - 1))
+    right = int(min(max(math.ceil(x1) - 1, left), w - 1))
+    bottom = int(min(max(math.ceil(y1) - 1, top), h - 1))
+    return left, top, right, bottom
 
 
 def place_tags(boxes: Sequence[Rect], sizes: Sequence[tuple[int, int]], image_size: tuple[int, int]) -> list[Rect | None]:
