@@ -20,7 +20,8 @@ Data flow:
 
 What is identical to the CPU path: the random draws and the targets, bit for bit (same code, same per-sample
 seed from ``(seed, epoch, index)``, computed on the CPU in the workers), hence the data order and the boxes;
-on the CPU the images too (``decode_jpeg`` and ``decode_image`` run the same libjpeg-turbo decoder).
+on the CPU the images too (``decode_jpeg`` and Pillow, which the CPU path reads with, both decode with
+libjpeg-turbo; tests/test_gpu_pipeline.py checks the equality).
 What is not: on a GPU, nvJPEG's IDCT and chroma upsampling, the float resize kernel (the CPU resizes uint8
 natively) and the float colour operations may round differently, a few grey levels here and there; the
 parameters being the same, the geometry and the boxes are not affected.
@@ -271,7 +272,7 @@ def decode_on_device(
 ) -> list[Tensor | None]:
     """Images on ``device`` from what :func:`read_encoded` gave: JPEG bytes (``encoded``) decoded there in one call,
     already decoded images (3, H, W) copied there. A JPEG the device decoder refuses is retried with the CPU
-    decoders (:func:`~ssd.data.image.decode_image_bytes`: libjpeg-turbo, then Pillow); ``None`` where that fails
+    decoders (:func:`~ssd.data.image.decode_image_bytes`); ``None`` where that fails
     too or the result is not of the size ``image_hw`` the header gave."""
     device = torch.device(device)
     images: list[Tensor | None] = [None] * len(datas)

@@ -43,17 +43,18 @@ def _array_to_tensor(arr: np.ndarray, source: str = "<array>") -> Tensor:
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise SSDError(f"{source}: an array image must be H x W x 3 (RGB) or H x W (grey), got shape {arr.shape}")
     if arr.dtype == np.uint8:
-        arr = np.ascontiguousarray(arr)
-        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+        pass
     elif arr.dtype == np.uint16:
-        t = torch.from_numpy(np.round(arr.astype(np.float64) / 257.0).astype(np.uint8))
+        arr = np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)
     elif arr.dtype == np.bool_:
-        t = torch.from_numpy(arr.astype(np.uint8) * 255)
+        arr = arr.astype(np.uint8) * 255
     elif np.issubdtype(arr.dtype, np.floating):
-        t = _float_to_uint8(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), source)
+        hwc = _float_to_uint8(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), source)
+        return _check_size(hwc.permute(2, 0, 1).contiguous(), source)
     else:
         raise SSDError(f"{source}: array images must be uint8, uint16 or float in [0, 1], not {arr.dtype}")
-    return _check_size(t.permute(2, 0, 1).contiguous(), source)
+    # H x W x 3 -> 3 x H x W: numpy's transposing copy, faster than torch's permute().contiguous() for uint8
+    return _check_size(torch.from_numpy(np.array(arr.transpose(2, 0, 1), order="C")), source)  # always a copy
 
 
 def _pil_to_tensor(im) -> Tensor:
