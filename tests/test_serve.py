@@ -516,3 +516,86 @@ def test_start_after_a_stop_that_timed_out_keeps_serving(monkeypatch):
     later = b.submit(_Job(image=None, settings=DetectSettings()))
     assert later.result(timeout=5) == "done"
     b.stop()
+
+
+# --- one request never harms another ------------------------------------------------------------------
+
+
+def _png(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (120, 30, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_request_that_breaks_its_batch_fails_alone(detector, images, expected, caplog):
+    """Whatever makes a forward pass fail (here: any batch holding an image of 77 x 55 pixels raises, as a bug or a
+    hostile input the checks missed would), only the request that brought it fails: honest requests sent at the
+    same time, sharing its batches, all get 200 and the answers they get alone; the 500 keeps the connection
+    open; the error is logged once with its traceback, however often it is sent."""
+    import http.client
+    import json
+    import logging
+
+    class Fragile(Detector):
+        def run_batch(self, images):
+            if any(im.image_size == (55, 77) for im in images):
+                raise RuntimeError("poisoned batch")
+            return super().run_batch(images)
+
+    fragile = Detector.__new__(Fragile)
+    fragile.__dict__.update(detector.__dict__)
+    app = create_app(fragile, ServeLimits(batch_window_ms=200, max_batch=16, queue_size=64, request_timeout_s=30))
+    poison = _png(77, 55)
+    datas = [(p.name, p.read_bytes()) for p in images]
+    with Server(app) as s, caplog.at_level(logging.ERROR, logger="ssd.serve"):
+        def send(k: int) -> tuple[str, int, dict]:
+            name, data = ("poison.png", poison) if k % 3 == 0 else datas[k % len(datas)]
+            with httpx.Client(base_url=s.url, timeout=30) as c:
+                r = c.post("/detect", files={"image": (name, data)})
+                return name, r.status_code, r.json()
+
+        with ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(send, range(36)))
+        for name, status, body in results:
+            if name == "poison.png":
+                assert (status, body) == (500, {"detail": "detection failed: RuntimeError"})
+            else:
+                assert status == 200, body
+                assert_same(body, expected[name])
+
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+        conn.request("POST", "/detect", body=poison, headers={"Content-Type": "image/png"})
+        first = conn.getresponse()
+        assert first.status == 500 and json.loads(first.read())["detail"] == "detection failed: RuntimeError"
+        sock = conn.sock
+        conn.request("POST", "/detect", body=datas[1][1], headers={"Content-Type": "image/jpeg"})
+        second = conn.getresponse()
+        assert second.status == 200
+        assert_same(json.loads(second.read()), expected[datas[1][0]])
+        assert sock is not None and conn.sock is sock, "the 500 closed the keep-alive connection"
+        conn.close()
+        stats = httpx.get(s.url + "/stats").json()
+    assert stats["server_errors"] == 13 and stats["completed"] == 25
+    assert stats["batches_rerun_per_image"] >= 1  # the poison shared a batch with honest requests at least once
+    assert stats["distinct_errors"] == {"RuntimeError: poisoned batch": 13}
+    logged = [r for r in caplog.records if "poisoned batch" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+
+
+def test_a_client_that_goes_away_is_not_a_server_error(server):
+    """A client that announces a body and disconnects half-way is counted as a disconnect, not a 500."""
+    before = httpx.get(server.url + "/stats").json()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n")
+        sock.sendall(b"\xff\xd8" + b"\0" * 1000)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        after = httpx.get(server.url + "/stats").json()
+        if after["client_disconnects"] > before["client_disconnects"]:
+            break
+        time.sleep(0.05)
+    assert after["client_disconnects"] == before["client_disconnects"] + 1
+    assert after["server_errors"] == before["server_errors"]
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"

@@ -34,7 +34,9 @@ The limits are a :class:`ServeLimits`; ``create_app(detector, limits=ServeLimits
 Errors are JSON ``{"detail": "message"}``: 400 (no image, or a bad field), 413 (upload over
 ``max_upload_bytes`` or image over ``max_pixels``), 415 (not an image), 422 (a damaged image or a bad
 setting), 503 (queue full: ``queue_size`` requests waiting), 504 (no answer within ``request_timeout_s``).
-An unexpected failure is a 500 with a one-line message, never a traceback, and the service keeps running.
+An unexpected failure is a 500 with a one-line message, never a traceback, and the service keeps running: a batch
+that fails is re-run one image at a time, so the failure stays with the request that caused it; the connection
+stays open; each distinct error is logged once with its traceback (``/stats`` counts the repeats).
 """
 
 import asyncio
@@ -63,6 +65,8 @@ log = logging.getLogger("ssd.serve")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 INSTALL_HINT = "pip install 'ssd-detector[serve]'"
+CLIENT_CLOSED = 499
+"""The status recorded (never seen by anyone) when a client goes away before its answer: not a server error."""
 
 
 def require_serve_dependencies() -> None:
@@ -152,6 +156,33 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> "torch.Tensor":
 # --- micro-batching -------------------------------------------------------------------------------
 
 
+class ErrorLog:
+    """Logs each distinct unexpected error (its type and message) once, with its traceback; repeats are only
+    counted, so that a client repeating a failing request cannot flood the log. At most ``max_kinds`` distinct
+    errors are remembered (then every new kind is logged in one line, without its traceback)."""
+
+    def __init__(self, max_kinds: int = 256) -> None:
+        self.max_kinds = max_kinds
+        self.seen: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def report(self, err: BaseException, where: str) -> None:
+        key = (type(err).__name__, str(err)[:500])
+        with self._lock:
+            first = key not in self.seen
+            if first and len(self.seen) >= self.max_kinds:
+                log.error("%s failed: %s: %s", where, *key)
+                return
+            self.seen[key] = self.seen.get(key, 0) + 1
+        if first:
+            log.error("%s failed (logged once; repeats are counted in /stats): %s: %s", where, *key,
+                      exc_info=(type(err), err, err.__traceback__))  # fmt: skip
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {f"{kind}: {message}"[:200]: n for (kind, message), n in self.seen.items()}
+
+
 @dataclass
 class _Job:
     image: Any  # a PreparedImage (Detector.prepare)
@@ -174,7 +205,9 @@ class Batcher:
         self.counters = {
             "requests": 0, "completed": 0, "batches": 0, "batched_images": 0, "max_batch_seen": 0,
             "rejected_queue_full": 0, "timeouts": 0, "client_errors": 0, "server_errors": 0,
+            "client_disconnects": 0, "batches_rerun_per_image": 0,
         }  # fmt: skip
+        self.errors = ErrorLog()
         self.batch_sizes: dict[int, int] = {}
 
     def count(self, key: str, n: int = 1) -> None:
@@ -190,6 +223,7 @@ class Batcher:
         out["batch_window_ms"] = self.window_s * 1000
         out["max_batch"] = self.max_batch
         out["queue_size"] = self.queue.maxsize
+        out["distinct_errors"] = self.errors.counts()
         return out
 
     def running(self) -> bool:
@@ -266,22 +300,31 @@ class Batcher:
                     break
                 continue  # a stop() that a start() has since cancelled
             jobs = [j for j in self._collect(first) if j.future.set_running_or_notify_cancel()]
-            if not jobs:
-                continue
-            try:
-                results = self._detect(jobs)
-            except Exception as e:  # never kill the thread: fail these requests, keep serving
-                log.exception("batch of %d failed", len(jobs))
+            if jobs:
+                self._serve(jobs)
+
+    def _serve(self, jobs: list[_Job]) -> None:
+        """Answer every job: the batch in one pass or, when that pass fails, each job alone, so that a job
+        that cannot be served (whatever the reason) fails by itself with a 500 and its neighbours get the answers
+        they would have got alone. Never raises: the thread keeps serving."""
+        try:
+            results = self._detect(jobs)
+        except Exception as err:
+            if len(jobs) > 1:
+                self.count("batches_rerun_per_image")
                 for j in jobs:
-                    j.future.set_exception(e)
-                continue
-            with self._lock:
-                self.counters["batches"] += 1
-                self.counters["batched_images"] += len(jobs)
-                self.counters["max_batch_seen"] = max(self.counters["max_batch_seen"], len(jobs))
-                self.batch_sizes[len(jobs)] = self.batch_sizes.get(len(jobs), 0) + 1
-            for j, r in zip(jobs, results):
-                j.future.set_result(r)
+                    self._serve([j])
+                return
+            self.errors.report(err, "detection")
+            jobs[0].future.set_exception(HTTPProblem(500, f"detection failed: {type(err).__name__}"))
+            return
+        with self._lock:
+            self.counters["batches"] += 1
+            self.counters["batched_images"] += len(jobs)
+            self.counters["max_batch_seen"] = max(self.counters["max_batch_seen"], len(jobs))
+            self.batch_sizes[len(jobs)] = self.batch_sizes.get(len(jobs), 0) + 1
+        for j, r in zip(jobs, results):
+            j.future.set_result(r)
 
     def _detect(self, jobs: list[_Job]):
         """One forward pass for all jobs, each job's own settings in the decoding: the Detector's steps."""
@@ -432,9 +475,11 @@ def _add_error_handlers(app, batcher: Batcher) -> None:
     def problem(status: int, message: str) -> JSONResponse:
         return JSONResponse({"detail": message}, status_code=status)
 
+    counter = {500: "server_errors", 503: "rejected_queue_full", 504: "timeouts", CLIENT_CLOSED: "client_disconnects"}
+
     @app.exception_handler(HTTPProblem)
     async def _on_problem(request, exc: HTTPProblem):
-        batcher.count("client_errors" if exc.status < 500 else ("rejected_queue_full" if exc.status == 503 else "timeouts"))
+        batcher.count(counter.get(exc.status, "client_errors" if exc.status < 500 else "server_errors"))
         return problem(exc.status, exc.message)
 
     @app.exception_handler(StarletteHTTPException)
@@ -442,8 +487,8 @@ def _add_error_handlers(app, batcher: Batcher) -> None:
         return problem(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)
-    async def _on_error(request, exc: Exception):
-        log.error("internal error on %s: %s: %s", request.url.path, type(exc).__name__, exc)
+    async def _on_error(request, exc: Exception):  # outside /detect (which answers its own errors; see _answer)
+        batcher.errors.report(exc, request.url.path)
         batcher.count("server_errors")
         return problem(500, f"internal error: {type(exc).__name__}")
 
@@ -458,6 +503,7 @@ def create_app(detector, limits: ServeLimits | None = None, *, checkpoint_format
     from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
 
     limits = ServeLimits() if limits is None else limits
     if checkpoint_format_version is None and getattr(detector, "backend", None) == "torch":
@@ -483,6 +529,17 @@ def create_app(detector, limits: ServeLimits | None = None, *, checkpoint_format
     @app.post("/detect")
     async def detect(request: Request):
         batcher.count("requests")
+        try:
+            return await _answer(request)
+        except HTTPProblem:
+            raise
+        except ClientDisconnect:
+            raise HTTPProblem(CLIENT_CLOSED, "the client closed the connection") from None
+        except Exception as err:  # a 500 answered here keeps the connection open (a handler of Exception closes it)
+            batcher.errors.report(err, "/detect")
+            raise HTTPProblem(500, f"internal error: {type(err).__name__}") from err
+
+    async def _answer(request: Request) -> dict[str, Any]:
         data, name, params = await _image_and_params(request, limits.max_upload_bytes)
         settings, annotated = parse_settings(params, detector)
         image = await run_in_threadpool(decode_upload, data, name, limits.max_pixels)
