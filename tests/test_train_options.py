@@ -67,7 +67,7 @@ def test_choices_are_validated_from_the_declared_types():
 
 def test_resume_may_change_only_how_to_run():
     assert RESUME_OVERRIDABLE == {"iterations", "workers", "progress", "device", "log_every", "checkpoint_every",
-                                  "eval_every", "val_data", "tensorboard", "max_nonfinite", "max_seconds"}  # fmt: skip
+                                  "eval_every", "val_data", "tensorboard", "max_nonfinite", "max_seconds", "out_dir"}  # fmt: skip
 
 
 def test_help_and_argument_errors_never_import_torch():

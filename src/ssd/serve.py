@@ -377,8 +377,13 @@ def _annotated_png(image: "torch.Tensor", dets) -> str:
 
 
 def model_info(detector, checkpoint_format_version: int | None = None) -> dict[str, Any]:
+    """What ``GET /model`` answers; a PyTorch model's checkpoint format is this library's unless given."""
     from ssd.visualize import class_color
 
+    if checkpoint_format_version is None and getattr(detector, "backend", None) == "torch":
+        from ssd.checkpoint import FORMAT_VERSION
+
+        checkpoint_format_version = FORMAT_VERSION
     model = detector.model
     config = getattr(model, "config", None)
     return {
@@ -506,10 +511,6 @@ def create_app(detector, limits: ServeLimits | None = None, *, checkpoint_format
     from starlette.requests import ClientDisconnect
 
     limits = ServeLimits() if limits is None else limits
-    if checkpoint_format_version is None and getattr(detector, "backend", None) == "torch":
-        from ssd.checkpoint import FORMAT_VERSION
-
-        checkpoint_format_version = FORMAT_VERSION
     batcher = Batcher(detector, window_s=limits.batch_window_ms / 1000.0, max_batch=limits.max_batch,
                       queue_size=limits.queue_size)  # fmt: skip
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from ssd.paths import refuse_to_overwrite_inputs
 
 
 def _cmd_tutorial(args: argparse.Namespace) -> int:
@@ -10,6 +13,7 @@ def _cmd_tutorial(args: argparse.Namespace) -> int:
     from ssd.convert import convert_tutorial
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else list(VOC_CLASSES)
+    refuse_to_overwrite_inputs([("OUT", Path(args.out))], [Path(args.src)])
     out = convert_tutorial(args.src, args.out, class_names=classes)
     print(f"wrote {out} (preset ssd300, {len(classes)} classes); inspect it with `ssd info {out}`")
     return 0
@@ -19,6 +23,8 @@ def _cmd_torchvision(args: argparse.Namespace) -> int:
     from ssd.convert import convert_torchvision
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    if args.weights != "coco":
+        refuse_to_overwrite_inputs([("OUT", Path(args.out))], [Path(args.weights)])
     out = convert_torchvision(args.out, weights=args.weights, class_names=classes)
     print(f"wrote {out} (preset ssd300-torchvision); inspect it with `ssd info {out}`")
     return 0

@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from ssd.paths import refuse_to_overwrite_inputs
 from ssd.errors import SSDError
 
 
@@ -43,9 +44,12 @@ def _classes(arg: str | None) -> list[str] | None:
     return names
 
 
-def _write(indexes, out: Path, log=print) -> None:
+def _write(indexes, out: Path, reads: tuple[Path, ...] = (), log=print) -> None:
+    """Each index to ``out/<name>.json``; none of them may be one of the files read (``reads``, the images)."""
     from ssd.data.index import summary_lines
 
+    writes = [("--out", out / f"{index.name}.json") for index in indexes]
+    refuse_to_overwrite_inputs(writes, [*reads, *(Path(r.file) for index in indexes for r in index.images)])
     for index in indexes:
         path = index.save(out / f"{index.name}.json")
         for line in summary_lines(index):
@@ -101,7 +105,7 @@ def _cmd_coco(args: argparse.Namespace) -> int:
     from ssd.data.index import build_coco_index
 
     index = build_coco_index(args.name, args.json, args.images, _classes(args.classes), policy=args.on_error, progress=True)
-    _write([index], Path(args.out))
+    _write([index], Path(args.out), reads=(Path(args.json),))
     return 0
 
 

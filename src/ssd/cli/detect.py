@@ -25,6 +25,7 @@ from typing import Any
 
 from ssd.cli.checks import add_setting_options, create_dirs, settings_from_args, writable_dir, writable_file
 from ssd.errors import SSDError
+from ssd.paths import refuse_to_overwrite_inputs
 
 EXIT_SOME_FAILED = 1
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".tar", ".bin")
@@ -245,9 +246,11 @@ class _Run:
 
 def run(args: argparse.Namespace) -> int:
     v = _validate(args)
-    detector = _load_detector(v)
     items = _collect(v["inputs"], v["out"])
     outputs = _unique_outputs(items)
+    writes = [("--out", v["out"] / rel) for rel in outputs] + ([("--json", v["json"])] if v["json"] else [])
+    refuse_to_overwrite_inputs(writes, [file for file, _ in items] + [v["checkpoint"] or v["onnx"]])
+    detector = _load_detector(v)
     # Folders only once the options, the model and the inputs have passed: a refused command leaves nothing.
     create_dirs([(v["out"], "--out")] + ([(v["json"].parent, "--json")] if v["json"] else []))
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from ssd.cli.checks import add_setting_options, create_dirs, settings_from_args, writable_dir, writable_file
 from ssd.errors import SSDError
+from ssd.paths import refuse_to_overwrite_inputs
 
 EXIT_SOME_FAILED = 1
 _TEST_SETTINGS = ("min_score", "max_overlap", "top_k")
@@ -177,6 +178,26 @@ def _create_output_dirs(v: dict[str, Any]) -> None:
     )
 
 
+def _refuse_to_overwrite_inputs(v: dict[str, Any], index) -> None:
+    """Every file the command writes against every file it reads (the model, the dataset's index, annotations and
+    images, the results files it scores)."""
+    from ssd.metrics import DEFAULT_RESULTS_PATTERN
+
+    writes = []
+    if "out" in v:
+        writes += [("--out", v["out"] / "metrics.json"), ("--out", v["out"] / "pr_curves.png")]
+    if "save_detections" in v:
+        writes += [("--save-detections", v["save_detections"] / DEFAULT_RESULTS_PATTERN.format(cls=name))
+                   for name in index.classes]  # fmt: skip
+    if "coco_results" in v:
+        writes.append(("--coco-results", v["coco_results"]))
+    reads = [v[key] for key in ("checkpoint", "data", "coco_json") if key in v]
+    reads += [Path(record.file) for record in index.images]
+    if "detections" in v:
+        reads += sorted(v["detections"].glob("*.txt"))
+    refuse_to_overwrite_inputs(writes, reads)
+
+
 # ---------------------------------------------------------------------------------------------- running
 
 
@@ -255,6 +276,7 @@ def run_eval(args: argparse.Namespace) -> int:
         model = load_model(v["checkpoint"], device=v["device"])
         v["settings"].check_model(model.class_names, model.config.num_priors, prefix="--")
     index = _load_index(args, v, model.class_names if model is not None else None)
+    _refuse_to_overwrite_inputs(v, index)
     _create_output_dirs(v)
 
     if model is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ssd.paths import refuse_to_overwrite_inputs
 from ssd.errors import SSDError
 
 
@@ -64,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise SSDError(f"OUT.onnx {out}: is a folder; give a file name")
     if out.suffix.lower() != ".onnx":
         raise SSDError(f"OUT.onnx {out}: give a file name ending in .onnx")
+    refuse_to_overwrite_inputs([("OUT.onnx", out)], [ckpt])
     from ssd.checkpoint import load_model
     from ssd.export import export_onnx, require_export_dependencies
 

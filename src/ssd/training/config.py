@@ -39,7 +39,8 @@ class TrainConfig:
     # data and run folder
     train_data: str = option("", "training index made by `ssd data` (e.g. data/voc/train.json)", flag="--data", metavar="INDEX")
     val_data: str | None = option(None, "validation index, evaluated every --eval-every iterations", flag="--val", metavar="INDEX", resume=True)
-    out_dir: str = option("runs/ssd", "run folder", flag="--out", metavar="DIR")
+    out_dir: str = option("runs/ssd", "run folder (with --resume: default, the folder of the checkpoint resumed)",
+                          flag="--out", metavar="DIR", resume=True)  # fmt: skip
     overwrite: bool = option(False, "start a fresh run in an --out folder that already holds one")
     resume: str | None = option(None, "continue a run from its last.ckpt, exactly", metavar="CKPT")
     # model

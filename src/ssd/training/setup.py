@@ -33,6 +33,7 @@ from ssd.data.dataset import Batch
 from ssd.data.index import DatasetIndex
 from ssd.errors import SSDError
 from ssd.model import SSD
+from ssd.paths import refuse_to_overwrite_inputs
 from ssd.training.config import RESUME_OVERRIDABLE, TrainConfig
 from ssd.training.step import TARGET_PAD, TrainStep, make_fused, make_loss
 
@@ -51,6 +52,8 @@ def resolve_run(cfg: TrainConfig, resume_overrides: dict[str, Any] | None = None
         refused = sorted(set(overrides) - RESUME_OVERRIDABLE)
         if refused:
             raise SSDError(f"--resume continues the saved run; these options cannot change: {', '.join(refused)}")
+        # A run continues beside the checkpoint it resumes (a copied run folder resumes in the copy), or in --out.
+        overrides.setdefault("out_dir", str(Path(cfg.resume).resolve().parent))
         cfg = dataclasses.replace(saved, resume=cfg.resume, init_from=None, **overrides)
     cfg.validate()
     cfg = dataclasses.replace(
@@ -60,14 +63,26 @@ def resolve_run(cfg: TrainConfig, resume_overrides: dict[str, Any] | None = None
     return cfg, resume_ckpt
 
 
+RUN_FILES = ("last.ckpt", "model.ckpt", "best.ckpt", "log.jsonl", "config.json")
+"""What a run writes in its folder."""
+
+
 def prepare_run_dir(cfg: TrainConfig, resumed: bool) -> Path:
     """The run folder, created and checked writable by the main process; stale temporary checkpoints removed."""
     run_dir = Path(cfg.out_dir)
-    if not resumed and (run_dir / "last.ckpt").exists() and not cfg.overwrite:
+    last = run_dir / "last.ckpt"
+    if not resumed and last.exists() and not cfg.overwrite:
         raise SSDError(
-            f"--out {run_dir} already holds a run (last.ckpt): continue it with --resume {run_dir / 'last.ckpt'}, "
+            f"--out {run_dir} already holds a run (last.ckpt): continue it with --resume {last}, "
             "choose another --out, or pass --overwrite"
         )
+    if resumed and last.exists() and run_dir.resolve() != Path(cfg.resume).resolve().parent:
+        raise SSDError(f"--out {run_dir} holds another run (last.ckpt): resume into an empty folder or the run's own")
+    writes = [("--out", run_dir / name) for name in RUN_FILES]
+    reads = [Path(p) for p in (cfg.train_data, cfg.val_data, cfg.init_from) if p]
+    if cfg.pretrained_base not in ("auto", "imagenet", "none"):
+        reads.append(Path(cfg.pretrained_base))
+    refuse_to_overwrite_inputs(writes, reads)  # the resumed checkpoint is the run's own: it is meant to be replaced
     if int(os.environ.get("RANK", "0")) == 0:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
