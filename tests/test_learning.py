@@ -68,13 +68,36 @@ def threads():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def good_model(overfit_data, tmp_path_factory, threads):
+    return _overfit(overfit_data[0], tmp_path_factory.mktemp("good"))
+
+
 @pytest.mark.slow
-def test_overfits_and_each_broken_variant_falls_short(overfit_data, tmp_path, threads):
+def test_overfits_and_each_broken_variant_falls_short(overfit_data, good_model, tmp_path, threads):
     data, eval_index = overfit_data
-    good = evaluate(_overfit(data, tmp_path / "good"), eval_index).voc.mAP
+    good = evaluate(good_model, eval_index).voc.mAP
     no_forced = evaluate(_overfit(data, tmp_path / "noforce", matching="threshold"), eval_index).voc.mAP
     bad_flip = evaluate(_overfit(data, tmp_path / "badflip", mirror_boxes=False), eval_index).voc.mAP
     print(f"VOC07 AP: correct {good:.3f}, no forced match {no_forced:.3f}, unmirrored flip {bad_flip:.3f}")
     assert good >= 0.9
     assert no_forced <= good - 0.2
     assert bad_flip <= good - 0.2
+
+
+@pytest.mark.slow
+def test_int8_keeps_the_trained_models_accuracy(overfit_data, good_model, tmp_path, threads):
+    """The int8 model (convolutions quantized, calibrated on 16 of the training images) scores within 0.01 VOC07 mAP
+    of the float model, both run through the same Detector path."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from ssd.detector import Detector
+    from ssd.evaluate import evaluate_detector
+    from ssd.quantize import calibration_files, quantize_onnx
+
+    data, eval_index = overfit_data
+    quantize_onnx(good_model, tmp_path / "int8.onnx", calibration_files(data, 16))
+    fp32 = evaluate_detector(Detector(good_model, device="cpu"), eval_index).voc.mAP
+    int8 = evaluate_detector(Detector.from_onnx(tmp_path / "int8.onnx", device="cpu"), eval_index).voc.mAP
+    print(f"VOC07 AP: fp32 {fp32:.4f}, int8 {int8:.4f}")
+    assert fp32 >= 0.9 and abs(int8 - fp32) <= 0.01

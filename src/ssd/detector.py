@@ -306,10 +306,13 @@ class Detector:
         outputs: tuple[Tensor, Tensor],
         images: Sequence[PreparedImage],
         settings: DetectSettings | Sequence[DetectSettings],
+        *,
+        clip: bool = True,
     ) -> list[ImageDetections]:
         """:meth:`run_batch`'s outputs for ``images`` -> one :class:`ImageDetections` per image, each with its
         own settings (one for all, or one per image; checked against the model again). Images that share settings
-        are decoded together; each image's detections do not depend on the others'."""
+        are decoded together; each image's detections do not depend on the others'. ``clip=False`` leaves boxes
+        unclipped, as the devkit scores them (:func:`ssd.evaluate.evaluate_detector`)."""
         boxes_xyxy_rel, scores = outputs
         per_image = [settings] * len(images) if isinstance(settings, DetectSettings) else list(settings)
         groups: dict[DetectSettings, list[int]] = {}
@@ -325,15 +328,16 @@ class Detector:
                 suppress_labels=[self.class_names.index(c) + 1 for c in s.suppress],
             )  # fmt: skip
             for i, d in zip(idx, dets):
-                out[i] = self._image_detections(d, images[i])
+                out[i] = self._image_detections(d, images[i], clip)
         return out
 
-    def _image_detections(self, d: Detections, image: PreparedImage) -> ImageDetections:
+    def _image_detections(self, d: Detections, image: PreparedImage, clip: bool = True) -> ImageDetections:
         """One image's detections (boxes in its pixels) as numpy arrays, clipped to the image, with class names."""
         h, w = image.image_size
         labels = d.labels.cpu().numpy().astype(np.int64)
         boxes = d.boxes.float().cpu().numpy().reshape(-1, 4)
-        boxes = np.clip(boxes, 0.0, np.array([w, h, w, h], dtype=np.float32))  # inside the image
+        if clip:
+            boxes = np.clip(boxes, 0.0, np.array([w, h, w, h], dtype=np.float32))  # inside the image
         return ImageDetections(
             boxes=_readonly(boxes), scores=_readonly(d.scores.float().cpu().numpy()), labels=_readonly(labels),
             class_names=tuple(self.class_names[int(l) - 1] for l in labels), image_size=(h, w), source=image.source,

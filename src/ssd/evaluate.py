@@ -48,6 +48,7 @@ from ssd.settings import DetectSettings
 __all__ = [
     "Evaluation",
     "evaluate",
+    "evaluate_detector",
     "ground_truth",
     "score_detections",
     "score_detections_dir",
@@ -540,4 +541,48 @@ def evaluate(
         "method": method, "batch_size": settings.batch_size, "device": str(run_on), "amp": "bf16" if use_amp else None,
         "image_size": int(config.image_size), "preset": getattr(config, "preset", None), "decode_on_device": on_device,
     }  # fmt: skip
+    return _make_evaluation(index, image_idx, labels, scores, boxes, method, started, echoed, failed)
+
+
+def evaluate_detector(
+    detector,
+    index: DatasetIndex,
+    *,
+    settings: DetectSettings | None = None,
+    method: APMethod = "voc07",
+    progress: bool = False,
+) -> Evaluation:
+    """Score a :class:`~ssd.detector.Detector` on ``index`` (``ssd eval --onnx``: an exported or quantized model).
+
+    index images -> Detector.prepare (read, resize as ``ssd detect`` does) -> run_batch -> finish (``settings``,
+    default the paper's test settings) -> VOC scoring. Images that cannot be read count as missed, as in
+    :func:`evaluate`, with a message in :attr:`Evaluation.failed`.
+    """
+    started = time.perf_counter()
+    _check_method(method)
+    settings = detector.checked(settings or DetectSettings.for_evaluation())
+    to_index = _label_map(detector.class_names, index.classes)
+    chunks: list[tuple[np.ndarray, ...]] = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4)))]
+    failed: list[str] = []
+    from ssd.progress import progress as progress_bar
+
+    with progress_bar(len(index.images), f"evaluating {index.name}", "img", enabled=progress, leave=False) as bar:
+        for start in range(0, len(index.images), settings.batch_size):
+            prepared, positions = [], []
+            for pos, record in enumerate(index.images[start : start + settings.batch_size], start=start):
+                try:
+                    prepared.append(detector.prepare(record.file, record.id))
+                    positions.append(pos)
+                except SSDError as err:
+                    failed.append(str(err))
+            results = detector.finish(detector.run_batch(prepared), prepared, settings, clip=False) if prepared else []
+            for pos, dets in zip(positions, results):
+                labels = to_index[dets.labels]
+                keep = labels > 0
+                chunks.append((np.full(int(keep.sum()), pos, np.int64), labels[keep],
+                               dets.scores[keep].astype(np.float64), dets.boxes[keep].astype(np.float64)))  # fmt: skip
+            bar.update(len(index.images[start : start + settings.batch_size]))
+    image_idx, labels, scores, boxes = (np.concatenate(parts) for parts in zip(*chunks))
+    echoed = {"min_score": settings.min_score, "max_overlap": settings.max_overlap, "top_k": settings.top_k,
+              "method": method, "batch_size": settings.batch_size, "backend": detector.backend}  # fmt: skip
     return _make_evaluation(index, image_idx, labels, scores, boxes, method, started, echoed, failed)

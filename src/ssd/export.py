@@ -72,7 +72,7 @@ from ssd.errors import SSDError
 from ssd.onnx_format import DEFAULT_OPSET, FORMAT, FORMAT_VERSION, MIN_OPSET
 from ssd.postprocess import DecodedSSD
 
-__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "OnnxModel", "export_onnx", "require_export_dependencies"]
+__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "OnnxModel", "export_onnx", "require_export_dependencies", "write_atomically"]
 
 
 _PIP_EXPORT = "pip install onnx onnxscript onnxruntime"
@@ -170,7 +170,8 @@ def _to_onnx(wrapper: nn.Module, image_size: int, opset: int, batch: int | None)
             lg.setLevel(level)
 
 
-def _write_atomically(data: bytes, path: Path) -> None:
+def write_atomically(data: bytes, path: Path) -> None:
+    """``data`` to ``path`` through a temporary file and a rename: a reader never sees half a model."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -249,7 +250,7 @@ def export_onnx(
     except Exception as err:
         raise SSDError(f"the exported graph does not pass onnx.checker: {err}") from err
     path = Path(path)
-    _write_atomically(proto.SerializeToString(), path)
+    write_atomically(proto.SerializeToString(), path)
     max_diff = _verify(wrapper, path, config.image_size, batch) if verify else None
     return {
         "path": str(path),
@@ -310,11 +311,21 @@ class OnnxModel:
             self.image_size = int(meta["ssd.image_size"])
             cap = meta.get("ssd.candidates_per_class", "")
             self.candidates_per_class: int | None = int(cap) if cap else None
+            quant = meta.get("ssd.quantization")
+            self.quantization: dict[str, Any] | None = dict(json.loads(quant)) if quant else None  # ssd.quantize
         except (ValueError, KeyError, TypeError) as err:
             raise SSDError(f"{path}: invalid ssd metadata ({err})") from err
         if version > FORMAT_VERSION:
             raise SSDError(f"{path}: ssd-onnx format {version} is newer than this library reads; upgrade ssd")
         self.preset = meta.get("ssd.preset", "")
+        if self.quantization is not None and providers == ["CPUExecutionProvider"]:
+            from ssd.quantize import int8_dot_product_cpu
+
+            if int8_dot_product_cpu() is False:
+                logging.getLogger("ssd").warning(
+                    "ssd: warning: %s is int8 and this CPU has no 8-bit dot-product instructions: it may run slower "
+                    "than the fp32 export", path,
+                )  # fmt: skip
         self.path = path
         inputs = self.session.get_inputs()
         self._input_name = inputs[0].name

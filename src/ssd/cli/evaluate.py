@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     src.add_argument("--split", default="test", help="image set of --voc-root (default: test)")
     src.add_argument("--coco-json", metavar="FILE", help="COCO-format annotations (with --images)")
     src.add_argument("--images", metavar="DIR", help="the image folder of --coco-json")
+    p.add_argument("--onnx", metavar="MODEL.onnx",
+                   help="evaluate this exported (or int8) model with onnxruntime instead of a checkpoint")  # fmt: skip
     p.add_argument("--detections", metavar="DIR",
                    help="score devkit results files comp4_det_test_<class>.txt in DIR instead of running a model")  # fmt: skip
     test = p.add_argument_group("test-time settings (the paper's defaults)")
@@ -115,13 +117,15 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.images and not args.coco_json:
         raise SSDError("--images goes with --coco-json")
+    models = [o for o, val in (("CHECKPOINT", args.checkpoint), ("--onnx", args.onnx), ("--detections", args.detections)) if val]
+    if len(models) != 1:
+        raise SSDError("give one of CHECKPOINT, --onnx MODEL.onnx or --detections DIR (results files to score)"
+                       + (f", not {' and '.join(models)}" if models else ""))  # fmt: skip
     if args.detections is not None:
-        if args.checkpoint is not None:
-            raise SSDError("--detections scores results files without a model: leave out CHECKPOINT")
         v["detections"] = _existing_dir(args.detections, "--detections")
+    elif args.onnx is not None:
+        v["onnx"] = _existing_file(args.onnx, "--onnx")
     else:
-        if args.checkpoint is None:
-            raise SSDError("give a CHECKPOINT to evaluate, or --detections DIR to score results files")
         v["checkpoint"] = _existing_file(args.checkpoint, "CHECKPOINT")
     if args.data:
         v["data"] = _existing_file(args.data, "--data")
@@ -191,7 +195,7 @@ def _refuse_to_overwrite_inputs(v: dict[str, Any], index) -> None:
                    for name in index.classes]  # fmt: skip
     if "coco_results" in v:
         writes.append(("--coco-results", v["coco_results"]))
-    reads = [v[key] for key in ("checkpoint", "data", "coco_json") if key in v]
+    reads = [v[key] for key in ("checkpoint", "onnx", "data", "coco_json") if key in v]
     reads += [Path(record.file) for record in index.images]
     if "detections" in v:
         reads += sorted(v["detections"].glob("*.txt"))
@@ -258,6 +262,24 @@ def _print_table(evaluation, coco: dict | None) -> None:
         print("COCO-style: " + "  ".join(f"{k} {_fmt(coco[k], 3)}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))
 
 
+def _load_model(v: dict[str, Any]):
+    """The checkpoint's SSD, or a Detector running the ONNX file (``None`` when scoring results files); the test
+    settings checked against it."""
+    if "checkpoint" in v:
+        from ssd.checkpoint import load_model
+
+        model = load_model(v["checkpoint"], device=v["device"])
+        v["settings"].check_model(model.class_names, model.config.num_priors, prefix="--")
+        return model
+    if "onnx" in v:
+        from ssd.detector import Detector
+
+        detector = Detector.from_onnx(v["onnx"], device=str(v["device"]))
+        v["settings"] = detector.checked(v["settings"], prefix="--")
+        return detector
+    return None
+
+
 def run_eval(args: argparse.Namespace) -> int:
     v = _validate(args)
 
@@ -265,21 +287,19 @@ def run_eval(args: argparse.Namespace) -> int:
         coco_metrics,
         coco_results,
         evaluate,
+        evaluate_detector,
         score_detections_dir,
         write_detections_dir,
     )
 
-    model = None
-    if "checkpoint" in v:
-        from ssd.checkpoint import load_model
-
-        model = load_model(v["checkpoint"], device=v["device"])
-        v["settings"].check_model(model.class_names, model.config.num_priors, prefix="--")
+    model = _load_model(v)
     index = _load_index(args, v, model.class_names if model is not None else None)
     _refuse_to_overwrite_inputs(v, index)
     _create_output_dirs(v)
 
-    if model is not None:
+    if "onnx" in v:
+        evaluation = evaluate_detector(model, index, settings=v["settings"], method=args.method, progress=True)
+    elif model is not None:
         amp = {"auto": None, "on": True, "off": False}[args.amp]
         evaluation = evaluate(
             model, index, settings=v["settings"], device=v["device"], amp=amp, workers=args.workers,
@@ -317,7 +337,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if "out" in v:
         metrics = evaluation.to_dict()
         metrics["dataset"] = {"name": index.name, "source": str(v.get("data") or v.get("voc_root") or v.get("coco_json"))}
-        metrics["checkpoint"] = str(v["checkpoint"]) if "checkpoint" in v else None
+        metrics["checkpoint"] = str(v.get("checkpoint") or v.get("onnx") or "") or None
         if coco is not None:
             metrics["coco"] = coco
         path = v["out"] / "metrics.json"

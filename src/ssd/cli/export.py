@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from ssd.paths import refuse_to_overwrite_inputs
 from ssd.errors import SSDError
+from ssd.paths import refuse_to_overwrite_inputs
 
 
 def _batch(text: str) -> int | None:
@@ -53,6 +54,13 @@ def register(sub) -> None:
     p.add_argument("--batch", type=_batch, default=None, metavar="dynamic|N",
                    help="'dynamic' (default): any batch size; N: a fixed batch size")
     p.add_argument("--no-verify", action="store_true", help="skip running the file with onnxruntime against PyTorch")
+    q = p.add_argument_group("int8 (fast CPU inference; see docs/performance.md)")
+    q.add_argument("--int8", action="store_true",
+                   help="quantize the convolutions to int8 with onnxruntime (needs --calibrate)")  # fmt: skip
+    q.add_argument("--calibrate", metavar="DATA",
+                   help="images that fix the int8 ranges: a dataset index (.json) or an image folder")  # fmt: skip
+    q.add_argument("--calibration-images", type=int, default=None, metavar="N",
+                   help="how many of them (a fixed random sample; default 200)")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -66,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".onnx":
         raise SSDError(f"OUT.onnx {out}: give a file name ending in .onnx")
     refuse_to_overwrite_inputs([("OUT.onnx", out)], [ckpt])
+    if args.int8 or args.calibrate or args.calibration_images is not None:
+        return _run_int8(args, ckpt, out)
     from ssd.checkpoint import load_model
     from ssd.export import export_onnx, require_export_dependencies
 
@@ -81,4 +91,31 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {out} (opset {info['opset']}, batch {info['batch']}, input {info['image_size']}x{info['image_size']}, "
         f"{len(info['class_names'])} classes){check}; run it with `ssd detect --onnx {out} IMAGES...`"
     )
+    return 0
+
+
+def _run_int8(args: argparse.Namespace, ckpt: Path, out: Path) -> int:
+    """``--int8 --calibrate DATA``: calibrate and write the quantized model (ssd.quantize)."""
+    if not (args.int8 and args.calibrate):
+        raise SSDError("--int8 needs --calibrate DATA (images like those the model will see), and they go together")
+    if args.batch is not None:
+        raise SSDError("--batch: an int8 model has a dynamic batch; leave --batch out")
+    from ssd.checkpoint import load_model
+    from ssd.export import require_export_dependencies
+    from ssd.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_files, int8_dot_product_cpu, quantize_onnx
+
+    require_export_dependencies()
+    count = DEFAULT_CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images
+    files = calibration_files(args.calibrate, count)
+    refuse_to_overwrite_inputs([("OUT.onnx", out)], files)
+    if int8_dot_product_cpu() is False:
+        print("ssd: warning: this CPU has no 8-bit dot-product instructions (VNNI, AMX, Arm dot product): the int8 "
+              "model works here but may run slower than fp32", file=sys.stderr)  # fmt: skip
+    info = quantize_onnx(load_model(ckpt), out, files, opset=args.opset, progress=True, source=str(args.calibrate))
+    if info["skipped"]:
+        print(f"ssd: warning: {len(info['skipped'])} calibration image(s) could not be read, e.g. {info['skipped'][0]}",
+              file=sys.stderr)  # fmt: skip
+    print(f"wrote {out} (int8 convolutions, calibrated on {info['calibration_images']} images of {args.calibrate}, "
+          f"input {info['image_size']}x{info['image_size']}, {len(info['class_names'])} classes); check its accuracy "
+          f"with `ssd eval --onnx {out} --data INDEX.json`")  # fmt: skip
     return 0

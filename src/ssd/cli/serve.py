@@ -49,7 +49,9 @@ def register(sub) -> None:
         epilog="Example: ssd serve --checkpoint ssd-demo/run/model.ckpt, then "
         "curl -F image=@dog.jpg 'http://127.0.0.1:8000/detect?min_score=0.3'",
     )
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="an ssd checkpoint")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", metavar="CKPT", help="an ssd checkpoint")
+    model.add_argument("--onnx", metavar="MODEL.onnx", help="a file written by `ssd export` (int8 ones too), run with onnxruntime")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
@@ -83,8 +85,11 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise SSDError(f"--port {args.port}: not a port (0-65535)")
     settings = settings_from_args(args, DetectSettings(), DECODING_SETTINGS)
-    version = load_checkpoint(args.checkpoint)["format_version"]
-    detector = Detector.from_checkpoint(args.checkpoint, device=args.device)
+    if args.onnx:
+        version, detector = None, Detector.from_onnx(args.onnx, device=args.device)
+    else:
+        version = load_checkpoint(args.checkpoint)["format_version"]
+        detector = Detector.from_checkpoint(args.checkpoint, device=args.device)
     detector.settings = detector.checked(settings, prefix="--")
     limits = ServeLimits(
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
