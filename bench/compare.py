@@ -21,6 +21,7 @@ Sections (``--only`` picks some):
   eval     end-to-end evaluation of VOCmini test repeated to --eval-images images (decode, forward, NMS, scoring),
            with class heads biased to background so the candidate count is a trained model's, not 8732 x 20
   latency  single-image detection from a file, each library as a user calls it (CPU)
+  int8     ssd export --int8's model against our fp32 and torchvision's, latency and batch 8 (bench/int8_cpu.py)
 """
 
 from __future__ import annotations
@@ -444,8 +445,23 @@ def bench_latency(args, device, flags) -> dict:
     return res
 
 
+def bench_int8(args, device, flags) -> dict:
+    import int8_cpu
+
+    if device.type != "cpu":
+        return {"skipped": "int8 inference is a CPU path: run this section with --device cpu"}
+    return int8_cpu.run(args.windows, args.latency_iters, voc=VOCMINI)
+
+
 SECTIONS = {"train": bench_train, "train_compiled": bench_train_compiled, "train_e2e": bench_train_e2e, "forward": bench_forward, "post": bench_post, "input": bench_input,
-            "input_gpu": bench_input_gpu, "eval": bench_eval, "latency": bench_latency}  # fmt: skip
+            "input_gpu": bench_input_gpu, "eval": bench_eval, "latency": bench_latency, "int8": bench_int8}  # fmt: skip
+
+
+COUNTS = {"train_batch": (32, 4), "train_iters": (10, 1), "infer_batch": (64, 8), "infer_iters": (20, 1),
+          "post_batch": (64, 64), "post_iters": (5, 1), "input_images": (300, 100), "loader_images": (6400, 400),
+          "eval_images": (4952, 150), "e2e_batch": (64, 4), "e2e_iters": (160, 6), "e2e_log_every": (10, 1),
+          "latency_iters": (10, 3)}  # fmt: skip
+"""(on a GPU, on the CPU) of every count option."""
 
 
 def main(argv=None) -> int:
@@ -460,11 +476,9 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true", help="forward: GPU time by kernel kind (convolutions, the rest)")
     p.add_argument("--windows", type=int, default=3)
     p.add_argument("--warmup", type=int, default=None)
-    for name, gpu, cpu in (("train-batch", 32, 4), ("train-iters", 10, 1), ("infer-batch", 64, 8), ("infer-iters", 20, 1),
-                           ("post-batch", 64, 64), ("post-iters", 5, 1), ("input-images", 300, 100),
-                           ("loader-images", 6400, 400),
-                           ("eval-images", 4952, 150), ("latency-iters", 10, 3)):  # fmt: skip
-        p.add_argument(f"--{name}", type=int, default=None, help=f"default {gpu} on GPU, {cpu} on CPU")
+    for name, (gpu, cpu) in COUNTS.items():
+        if not name.startswith("e2e_"):  # those have their own help below
+            p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"default {gpu} on GPU, {cpu} on CPU")
     p.add_argument("--post-check-images", type=int, default=4, help="images checked against the slow reference")
     p.add_argument("--workers", type=int, nargs="*", default=None, help="loader workers to try (default: 2 on CPU, 16 on GPU)")
     p.add_argument("--eval-workers", type=int, default=None)
@@ -489,10 +503,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))  # fmt: skip
     gpu = device.type == "cuda"
-    defaults = {"train_batch": (32, 4), "train_iters": (10, 1), "infer_batch": (64, 8), "infer_iters": (20, 1),
-                "post_batch": (64, 64), "post_iters": (5, 1), "input_images": (300, 100), "loader_images": (6400, 400),
-                "eval_images": (4952, 150), "e2e_batch": (64, 4), "e2e_iters": (160, 6), "e2e_log_every": (10, 1),
-                "latency_iters": (10, 3)}  # fmt: skip
+    defaults = COUNTS
     for k, (g, c) in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, g if gpu else c)
@@ -532,61 +543,12 @@ def main(argv=None) -> int:
         if args.out:  # after every section, so a run stopped by a time limit keeps what it measured
             Path(args.out).write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
-    print(table(report))
+    from compare_table import table
+
+    print(table(report, SECTIONS))
     if failed:
         print(f"failed sections: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def table(report: dict) -> str:
-    rows = [f"device: {report['device']} | torch {report['torch']} | torchvision {report['torchvision']}"]
-    for name in SECTIONS:
-        if "error" in report.get(name, {}):
-            rows.append(f"{name:14} failed: {report[name]['error']}")
-    report = {k: v for k, v in report.items() if not (isinstance(v, dict) and "error" in v)}
-    for sec in ("train", "forward"):
-        if sec in report:
-            for d in report["flags"]["dtypes"]:
-                r = report[sec]
-                rows.append(f"{sec:8} {d:5} ours {r[f'ours.{d}']['img_s']:9.1f} img/s  torchvision "
-                            f"{r[f'torchvision.{d}']['img_s']:9.1f}  ratio {r[f'ratio.{d}']:.2f}x  (batch {r['batch']})")  # fmt: skip
-    if "post" in report:
-        r = report["post"]
-        rows.append(f"post           ours {r['ours']['img_s']:9.1f} img/s  torchvision {r['torchvision']['img_s']:9.1f}  "
-                    f"ratio {r['ratio']:.2f}x  exact={r['identical_to_exact_reference']} same-as-tv={r['identical_to_torchvision']}")  # fmt: skip
-    if "input" in report:
-        r = report["input"]
-        rows.append(f"input          {r['per_core']['img_s']:.1f} img/s per core; "
-                    + ", ".join(f"{k}: {v['img_s']:.1f} img/s" for k, v in r.items() if k.startswith("workers_")))  # fmt: skip
-    if "input_gpu" in report:
-        r = report["input_gpu"]
-        rows.append(f"input_gpu      on {r['device']}: "
-                    + ", ".join(f"{k}: {v['img_s']:.1f} img/s" for k, v in r.items() if k.startswith("workers_"))
-                    + f"; decode+render alone {r['decode_render_only']['img_s']:.1f} img/s")  # fmt: skip
-    if "train" in report:
-        rows.append(f"train    checks: {report['train']['checks']}")
-        rows += [f"train    {k}: host syncs {v['host_syncs']}" for k, v in report["train"].items() if isinstance(v, dict) and "host_syncs" in v]
-    if "train_compiled" in report:
-        r, tv = report["train_compiled"], report.get("train", {}).get("torchvision.bf16", {}).get("img_s")
-        for key in (k for k in r if k.startswith("ours_compiled_")):
-            ratio = f"{r[key]['img_s'] / tv:.2f}x torchvision bf16" if tv else "torchvision not measured"
-            rows.append(f"train    {key}: {r[key]['img_s']:9.1f} img/s ({ratio}; compile {r[key]['compile_s']} s; "
-                        f"host syncs: {r[key]['host_syncs']})")  # fmt: skip
-        rows.append(f"train    compiled checks: {r.get('checks')}")
-    if "train_e2e" in report and report["train_e2e"].get("e2e"):
-        r = report["train_e2e"]
-        rows.append(f"train_e2e      from JPEG files {r['e2e']['img_s']:.1f} img/s, the step on tensors in memory "
-                    f"{r['step_in_memory']['img_s']:.1f} img/s: {r['e2e_over_step']:.2f} (batch {r['batch']})")  # fmt: skip
-    if "eval" in report:
-        r = report["eval"]
-        for key in (k for k in r if k.startswith("decode_")):
-            rows.append(f"eval           {r['images']} images, {key}: {r[key]['seconds']:.1f} s ({r[key]['img_s']:.1f} img/s)")
-    if "latency" in report:
-        r = report["latency"]
-        rows.append(f"latency        ours {r['ours_s'] * 1000:.1f} ms  torchvision {r['torchvision_s'] * 1000:.1f} ms  "
-                    f"ratio {r['ratio']:.2f}; pre+post ours {r['ours_pre_post_s'] * 1000:.1f} ms vs "
-                    f"{r['torchvision_pre_post_s'] * 1000:.1f} ms")  # fmt: skip
-    return "\n".join(rows)
 
 
 if __name__ == "__main__":
