@@ -473,7 +473,7 @@ def evaluate(
     *,
     settings: DetectSettings | None = None,
     device: str | torch.device | None = None,
-    amp: bool | None = None,
+    amp: bool = False,
     workers: int = 0,
     method: APMethod = "voc07",
     progress: bool = False,
@@ -494,7 +494,8 @@ def evaluate(
             min_score 0.01, max_overlap 0.45, top_k 200; batch_size 32 images per forward pass); ``overrides``
             (``min_score=0.2``, ``batch_size=8``, ...) replace some of them.
         device: where to run ("auto", "cpu", "cuda", ...; default: the model's device).
-        amp: bf16 autocast (default: on for CUDA, off elsewhere).
+        amp: bf16 autocast (default off: float32, TF32 allowed on CUDA; bf16's effect on mAP has not been measured
+            on a trained model, docs/evaluation.md).
         workers: DataLoader worker processes decoding images (0: in this process).
         method: ``"voc07"`` (11-point, the paper's) or ``"voc12"`` (area).
         progress: show progress on stderr (a bar on a terminal, a line every 10 s elsewhere: ssd.progress).
@@ -520,7 +521,7 @@ def evaluate(
     settings.check_model(config.class_names, config.num_priors)
     to_index = _label_map(config.class_names, index.classes)
     run_on = placement.device
-    use_amp = run_on.type == "cuda" if amp is None else bool(amp)
+    use_amp = bool(amp) and run_on.type == "cuda"
     on_device = run_on.type == "cuda" if decode_on_device is None else bool(decode_on_device)
     batches = _eval_batches(index, config.image_size, settings.batch_size, workers, run_on, on_device)
     bar = None

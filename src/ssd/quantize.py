@@ -8,8 +8,9 @@
       -> MODEL.onnx: the same inputs, outputs and ssd metadata as ``ssd export``'s, plus ``ssd.quantization``
       -> Detector.from_onnx / ``ssd detect --onnx`` / ``ssd eval --onnx`` / ``ssd serve --onnx``
 
-Only the convolutions are quantized (``QUANTIZED_OPS``): they hold nearly all of the arithmetic, and the softmax
-and the box decoding stay in float32, so that boxes keep their precision. Why ONNX Runtime and not PyTorch's PT2E
+Only the convolutions are quantized (``QUANTIZED_OPS``, with the ReLUs and poolings between them), all but the
+first, which reads the image: they hold nearly all of the arithmetic, and the softmax and the box decoding stay in
+float32, so that boxes keep their precision. Why ONNX Runtime and not PyTorch's PT2E
 path, the speed and the accuracy: docs/performance.md ("int8 on the CPU"). int8 pays on CPUs with 8-bit dot
 product instructions (x86 VNNI or AMX, Arm dot product); elsewhere it still runs, possibly slower than fp32, and
 :func:`int8_dot_product_cpu` lets the tools say so.
@@ -113,6 +114,12 @@ class _CalibrationImages:
         self.position = 0
 
 
+def _first_convolution(proto) -> list[str]:
+    """The convolution that reads the image (the graph's nodes are in topological order): kept in float32, it costs
+    little (3 input channels) and keeps most of the accuracy int8 loses (docs/performance.md)."""
+    return [n.name for n in proto.graph.node if n.op_type == "Conv"][:1]
+
+
 def quantize_onnx(
     model,
     path: str | os.PathLike,
@@ -148,6 +155,7 @@ def quantize_onnx(
             warnings.simplefilter("ignore")
             q.quant_pre_process(str(fp32), str(ready), skip_symbolic_shape=True)
         detector = Detector.from_onnx(fp32, device="cpu")
+        excluded = _first_convolution(onnx.load(str(ready)))
         with progress_bar(len(calibration), "calibrating", "img", enabled=progress) as bar:
             reader = _CalibrationImages(lambda f: detector.prepare(f).pixels.numpy(), calibration, batch_size, bar)
             with warnings.catch_warnings():
@@ -156,13 +164,14 @@ def quantize_onnx(
                     str(ready), str(int8), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
                     activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
                     op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=q.CalibrationMethod.MinMax,
+                    nodes_to_exclude=excluded,
                 )  # fmt: skip
         if reader.used == 0:
             raise SSDError(f"none of the {len(calibration)} calibration images could be read: {reader.skipped[0]}")
         proto = onnx.load(str(int8))
     record = {"method": "onnxruntime quantize_static, QDQ", "weights": "int8, per output channel",
               "activations": "uint8, MinMax calibration", "ops": list(QUANTIZED_OPS),
-              "calibration_images": reader.used, "calibration_source": str(source)}  # fmt: skip
+              "calibration_images": reader.used, "calibration_source": str(source), "float": "the first convolution"}  # fmt: skip
     entry = proto.metadata_props.add()
     entry.key, entry.value = "ssd.quantization", json.dumps(record)
     write_atomically(proto.SerializeToString(), Path(path))
