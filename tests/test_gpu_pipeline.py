@@ -100,7 +100,7 @@ def test_same_draws_targets_and_pixels_as_the_cpu_path(trainval):
         assert any(p.photometric.factors[op] is not None for p in params), op
 
     batch = render_batch(collate_encoded(samples), t, "cpu")
-    # decode_jpeg and Pillow (the CPU path) both decode with libjpeg-turbo: bit-identical images.
+    # decode_jpeg and decode_image (the CPU path) run the same libjpeg-turbo decoder: bit-identical images.
     assert_same_batch(batch, collate(expected))
     assert batch.images.shape == (len(KEYS), 3, 300, 300) and batch.images.dtype == torch.float32
 

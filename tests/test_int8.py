@@ -109,6 +109,17 @@ def test_int8_options_are_checked_before_any_work(small, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err and "Traceback" not in err, err
     assert not out.exists()
+    index = build_voc_index("test", [(need(VOCMINI), "test")], ssd.VOC_CLASSES).save(tmp_path / "t.json")
+    for extra, message in [(["--amp", "on"], "--amp on applies to a checkpoint"),
+                           (["--device", "mps"], "with --onnx use auto, cpu or cuda")]:  # fmt: skip
+        assert main(["eval", "--onnx", str(small["ckpt"]), "--data", str(index), *extra]) == 2
+        assert message in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    assert main(["export", str(small["ckpt"]), str(out), "--int8", "--calibrate", str(broken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "calibration images could be read" in err and "\n" not in err and not out.exists(), err
 
 
 def test_evaluating_a_detector_equals_evaluate(small):

@@ -65,6 +65,7 @@ def test_commands_refuse_outputs_that_are_their_inputs(files, tmp_path, capsys):
     photo = sorted(files["photos"].iterdir())[0]
     # detect: the annotated copy of a photo written over the photo; the JSON over the checkpoint
     _refused(["detect", files["ckpt"], photo, "--out", files["photos"]], capsys, "--out")
+    _refused(["detect", files["ckpt"], files["photos"], "--out", files["photos"]], capsys, "--out")
     _refused(["detect", files["ckpt"], photo, "--out", tmp_path / "det", "--json", files["ckpt"]], capsys, "--json")
     # eval: results over the dataset index or over an image of the dataset
     _refused(["eval", files["ckpt"], "--data", files["index"], "--coco-results", files["index"]], capsys, "--coco-results")

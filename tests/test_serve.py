@@ -578,7 +578,7 @@ def test_a_request_that_breaks_its_batch_fails_alone(detector, images, expected,
         conn.close()
         stats = httpx.get(s.url + "/stats").json()
     assert stats["server_errors"] == 13 and stats["completed"] == 25
-    assert stats["batches_rerun_per_image"] >= 1  # the poison shared a batch with honest requests at least once
+    assert stats["batches_split_after_a_failure"] >= 1  # the poison shared a batch with honest requests at least once
     assert stats["distinct_errors"] == {"RuntimeError: poisoned batch": 13}
     logged = [r for r in caplog.records if "poisoned batch" in r.getMessage()]
     assert len(logged) == 1 and logged[0].exc_info is not None

@@ -3,11 +3,12 @@
 The flow::
 
     DatasetIndex (continuous pixels, difficult flags)
-      -> images resized to S x S (EvalTransform), batched, on the model's device (bf16 autocast on CUDA)
+      -> images resized to S x S (EvalTransform), batched, on the model's device (float32; bf16 with amp=True)
       -> model -> postprocess (score > min_score, NMS max_overlap, top_k per image), boxes scaled to each
          image's original size: continuous pixels [x1, y1, x2, y2] (see ssd.data.voc for the convention)
       -> Evaluation: the detections, and their VOC score (ssd.metrics, devkit rules, devkit pixels)
 
+:func:`evaluate_detector` scores a :class:`~ssd.detector.Detector` (an exported or int8 ONNX model) the same way.
 The same scorer reads devkit results files (:func:`score_detections_dir`), so results of any detector are
 scored by the same code, and :func:`write_detections_dir` writes them. :func:`coco_results` and
 :func:`coco_metrics` (:mod:`ssd.coco`) give the COCO results JSON and COCO-style AP through pycocotools

@@ -82,7 +82,7 @@ def _require_quantization() -> Any:
     try:
         from onnxruntime import quantization
     except ImportError as err:
-        raise SSDError("int8 quantization needs onnxruntime: pip install onnxruntime") from err
+        raise SSDError(f"int8 quantization needs onnxruntime ({err}): pip install onnxruntime") from err
     return quantization
 
 
@@ -120,6 +120,21 @@ def _first_convolution(proto) -> list[str]:
     return [n.name for n in proto.graph.node if n.op_type == "Conv"][:1]
 
 
+def _quantize_file(q, fp32: Path, ready: Path, int8: Path, reader: _CalibrationImages) -> None:
+    """onnxruntime's two steps: graph preparation, then calibration and quantization (its warnings silenced)."""
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q.quant_pre_process(str(fp32), str(ready), skip_symbolic_shape=True)
+        q.quantize_static(
+            str(ready), str(int8), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
+            activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+            op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=q.CalibrationMethod.MinMax,
+            nodes_to_exclude=_first_convolution(onnx.load(str(ready))),
+        )  # fmt: skip
+
+
 def quantize_onnx(
     model,
     path: str | os.PathLike,
@@ -151,23 +166,17 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory(prefix="ssd-quantize-") as tmp:
         fp32, ready, int8 = (Path(tmp) / name for name in ("fp32.onnx", "ready.onnx", "int8.onnx"))
         info = export_onnx(model, fp32, opset=opset, verify=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            q.quant_pre_process(str(fp32), str(ready), skip_symbolic_shape=True)
         detector = Detector.from_onnx(fp32, device="cpu")
-        excluded = _first_convolution(onnx.load(str(ready)))
         with progress_bar(len(calibration), "calibrating", "img", enabled=progress) as bar:
             reader = _CalibrationImages(lambda f: detector.prepare(f).pixels.numpy(), calibration, batch_size, bar)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                q.quantize_static(
-                    str(ready), str(int8), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
-                    activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                    op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=q.CalibrationMethod.MinMax,
-                    nodes_to_exclude=excluded,
-                )  # fmt: skip
-        if reader.used == 0:
-            raise SSDError(f"none of the {len(calibration)} calibration images could be read: {reader.skipped[0]}")
+            try:
+                _quantize_file(q, fp32, ready, int8, reader)
+            except Exception as err:  # onnxruntime's own errors (a full disk, a graph it refuses): one line
+                if reader.used == 0 and reader.skipped:
+                    raise SSDError(f"none of the {len(calibration)} calibration images could be read, e.g. "
+                                   f"{reader.skipped[0]}") from err  # fmt: skip
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+                raise SSDError(f"int8 quantization failed: {type(err).__name__}: {first}") from err
         proto = onnx.load(str(int8))
     record = {"method": "onnxruntime quantize_static, QDQ", "weights": "int8, per output channel",
               "activations": "uint8, MinMax calibration", "ops": list(QUANTIZED_OPS),

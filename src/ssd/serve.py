@@ -35,7 +35,7 @@ Errors are JSON ``{"detail": "message"}``: 400 (no image, or a bad field), 413 (
 ``max_upload_bytes`` or image over ``max_pixels``), 415 (not an image), 422 (a damaged image or a bad
 setting), 503 (queue full: ``queue_size`` requests waiting), 504 (no answer within ``request_timeout_s``).
 An unexpected failure is a 500 with a one-line message, never a traceback, and the service keeps running: a batch
-that fails is re-run one image at a time, so the failure stays with the request that caused it; the connection
+that fails is split and re-run (bisection), so the failure stays with the request that caused it; the connection
 stays open; each distinct error is logged once with its traceback (``/stats`` counts the repeats).
 """
 
@@ -171,7 +171,7 @@ class ErrorLog:
         with self._lock:
             first = key not in self.seen
             if first and len(self.seen) >= self.max_kinds:
-                log.error("%s failed: %s: %s", where, *key)
+                log.error("%s failed: %s: %s", where, key[0], (key[1].splitlines() or [""])[0])
                 return
             self.seen[key] = self.seen.get(key, 0) + 1
         if first:
@@ -179,8 +179,12 @@ class ErrorLog:
                       exc_info=(type(err), err, err.__traceback__))  # fmt: skip
 
     def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
         with self._lock:
-            return {f"{kind}: {message}"[:200]: n for (kind, message), n in self.seen.items()}
+            for (kind, message), n in self.seen.items():
+                shown = f"{kind}: {message}"[:200]
+                out[shown] = out.get(shown, 0) + n
+        return out
 
 
 @dataclass
@@ -205,7 +209,7 @@ class Batcher:
         self.counters = {
             "requests": 0, "completed": 0, "batches": 0, "batched_images": 0, "max_batch_seen": 0,
             "rejected_queue_full": 0, "timeouts": 0, "client_errors": 0, "server_errors": 0,
-            "client_disconnects": 0, "batches_rerun_per_image": 0,
+            "client_disconnects": 0, "batches_split_after_a_failure": 0,
         }  # fmt: skip
         self.errors = ErrorLog()
         self.batch_sizes: dict[int, int] = {}
@@ -304,16 +308,18 @@ class Batcher:
                 self._serve(jobs)
 
     def _serve(self, jobs: list[_Job]) -> None:
-        """Answer every job: the batch in one pass or, when that pass fails, each job alone, so that a job
-        that cannot be served (whatever the reason) fails by itself with a 500 and its neighbours get the answers
-        they would have got alone. Never raises: the thread keeps serving."""
+        """Answer every job: the batch in one pass or, when that pass fails, each half again (bisection, about
+        2 log2(n) extra passes for one bad job in n), so that a job that cannot be served (whatever the reason)
+        fails by itself with a 500 and its neighbours get the answers they would have got alone. Never raises:
+        the thread keeps serving."""
         try:
             results = self._detect(jobs)
         except Exception as err:
             if len(jobs) > 1:
-                self.count("batches_rerun_per_image")
-                for j in jobs:
-                    self._serve([j])
+                self.count("batches_split_after_a_failure")
+                half = len(jobs) // 2
+                self._serve(jobs[:half])
+                self._serve(jobs[half:])
                 return
             self.errors.report(err, "detection")
             jobs[0].future.set_exception(HTTPProblem(500, f"detection failed: {type(err).__name__}"))

@@ -98,4 +98,3 @@ def writable_file(path: str | os.PathLike, option: str) -> Path:
     if p.exists() and not os.access(p, os.W_OK):
         raise SSDError(f"{option} {path}: the file is not writable")
     return p
-

@@ -104,6 +104,7 @@ def _cmd_voc(args: argparse.Namespace) -> int:
 def _cmd_coco(args: argparse.Namespace) -> int:
     from ssd.data.index import build_coco_index
 
+    refuse_to_overwrite_inputs([("--out", Path(args.out) / f"{args.name}.json")], [Path(args.json)])  # before the work
     index = build_coco_index(args.name, args.json, args.images, _classes(args.classes), policy=args.on_error, progress=True)
     _write([index], Path(args.out), reads=(Path(args.json),))
     return 0

@@ -116,7 +116,10 @@ def _collect(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
     seen: set[Path] = set()
     for inp in inputs:
         if inp.is_dir():
-            files = iter_image_files(inp, recursive=True, exclude=[out_dir])
+            # earlier annotated copies in an --out inside the folder are not inputs; an --out that is the folder
+            # itself (or holds it) is left to refuse_to_overwrite_inputs
+            inside = out_dir.resolve() != inp.resolve() and out_dir.resolve().is_relative_to(inp.resolve())
+            files = iter_image_files(inp, recursive=True, exclude=[out_dir] if inside else [])
             if not files:
                 raise SSDError(f"INPUT {inp}: no images in this folder (looked for {', '.join(_PIL_FORMATS)})")
             pairs = [(f, f.relative_to(inp)) for f in files]

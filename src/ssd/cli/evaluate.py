@@ -145,7 +145,15 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
     v["settings"] = settings_from_args(args, DetectSettings.for_evaluation(), (*_TEST_SETTINGS, "batch_size"))
     if args.workers < 0:
         raise SSDError(f"--workers {args.workers}: must be 0 or more")
-    if args.detections is None:
+    if "onnx" in v:  # onnxruntime picks its own provider: auto, cpu or cuda[:N], as ssd detect --onnx
+        if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
+            raise SSDError(f"--device {args.device}: with --onnx use auto, cpu or cuda[:N]")
+        ignored = [o for o, used in (("--amp on", args.amp == "on"), ("--workers", args.workers),
+                                     ("--decode-on-device", args.decode_on_device)) if used]  # fmt: skip
+        if ignored:
+            raise SSDError(f"{ignored[0]} applies to a checkpoint; --onnx runs the file with onnxruntime")
+        v["device"] = args.device
+    elif args.detections is None:
         from ssd.device import resolve_device
 
         v["device"] = resolve_device(args.device, "--device")
@@ -274,7 +282,7 @@ def _load_model(v: dict[str, Any]):
     if "onnx" in v:
         from ssd.detector import Detector
 
-        detector = Detector.from_onnx(v["onnx"], device=str(v["device"]))
+        detector = Detector.from_onnx(v["onnx"], device=v["device"])
         v["settings"] = detector.checked(v["settings"], prefix="--")
         return detector
     return None

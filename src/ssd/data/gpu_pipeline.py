@@ -20,8 +20,8 @@ Data flow:
 
 What is identical to the CPU path: the random draws and the targets, bit for bit (same code, same per-sample
 seed from ``(seed, epoch, index)``, computed on the CPU in the workers), hence the data order and the boxes;
-on the CPU the images too (``decode_jpeg`` and Pillow, which the CPU path reads with, both decode with
-libjpeg-turbo; tests/test_gpu_pipeline.py checks the equality).
+on the CPU the images too (``decode_jpeg`` and ``decode_image``, the CPU path's decoder, run the same libjpeg-turbo
+decoder; tests/test_gpu_pipeline.py checks the equality).
 What is not: on a GPU, nvJPEG's IDCT and chroma upsampling, the float resize kernel (the CPU resizes uint8
 natively) and the float colour operations may round differently, a few grey levels here and there; the
 parameters being the same, the geometry and the boxes are not affected.
