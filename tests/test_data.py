@@ -947,3 +947,23 @@ def test_cli_synthetic(tmp_path, capsys):
     assert main(["data", "synthetic", "--out", str(tmp_path / "bad"), "--classes", "circle,blob"]) == 2
     assert "unknown class 'blob'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_verify_decodes_whole_files_and_reports_truncated_ones(tmp_path, capsys):
+    """A JPEG cut in half passes the header check; `ssd data voc --verify` decodes it as training would, reports it
+    and leaves it out, and says how long verifying took (`ssd data coco --verify` shares the check: index._image_size)."""
+    ids = _ids(3)
+    root = copy_voc(tmp_path / "VOC", {"trainval": ids})
+    image = root / "JPEGImages" / f"{ids[1]}.jpg"
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    args = ["data", "voc", "--root", str(root), "--split", "train=trainval", "--classes", ",".join(VOC_CLASSES)]
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert len(DatasetIndex.load(tmp_path / "plain" / "train.json").images) == 3  # the header is fine
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "verified"), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"verified: decoded 2 images whole in [\d.]+ s", out), out
+    assert "truncated" in out and ids[1] in out
+    assert [r.id for r in DatasetIndex.load(tmp_path / "verified" / "train.json").images] == [ids[0], ids[2]]
+    assert main([*args, "--out", str(tmp_path / "strict"), "--verify", "--on-error", "fail"]) == 2
+    assert "truncated" in capsys.readouterr().err

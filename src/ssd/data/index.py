@@ -161,10 +161,16 @@ class _Collector:
         self.issues.append(issue)
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header; raises SSDError for unreadable or oversized images."""
+def _image_size(path: Path, verify: bool = False) -> tuple[int, int]:
+    """(width, height) from the image header, or with ``verify`` from decoding the whole file as training reads it
+    (a truncated or corrupt file passes the header check); raises SSDError for unreadable or oversized images."""
     from PIL import Image
 
+    if verify and path.is_file():
+        from ssd.data.image import load_image
+
+        image = load_image(path, upright=False)  # as ssd.data.dataset reads it
+        return int(image.shape[2]), int(image.shape[1])
     try:
         with Image.open(path) as im:
             return im.size
@@ -241,10 +247,13 @@ def build_voc_index(
     classes: Sequence[str],
     policy: Policy = "skip",
     progress: bool = False,
+    verify: bool = False,
 ) -> DatasetIndex:
     """Index the images of ``(voc_root, split)`` sources, e.g. ``[("VOCdevkit/VOC2007", "trainval")]``.
 
-    ``voc_root`` is a year folder holding ``Annotations``, ``JPEGImages`` and ``ImageSets/Main``.
+    ``voc_root`` is a year folder holding ``Annotations``, ``JPEGImages`` and ``ImageSets/Main``. ``verify``
+    decodes every image whole (slower: a few milliseconds an image) so that a truncated or corrupt file is
+    reported and skipped here rather than met in training.
     """
     from ssd.data.voc import parse_voc_xml, read_image_set
 
@@ -272,7 +281,7 @@ def build_voc_index(
         if not image.is_file():
             image = root / "JPEGImages" / f"{image_id}.jpg"
         try:
-            width, height = _image_size(image)
+            width, height = _image_size(image, verify)
         except SSDError as e:
             issues.add(image, str(e), "skipped image")
             continue
@@ -301,8 +310,10 @@ def build_coco_index(
     classes: Sequence[str] | None = None,
     policy: Policy = "skip",
     progress: bool = False,
+    verify: bool = False,
 ) -> DatasetIndex:
-    """Index a COCO-format detection JSON (``images``, ``annotations``, ``categories``).
+    """Index a COCO-format detection JSON (``images``, ``annotations``, ``categories``); ``verify`` as for
+    :func:`build_voc_index`.
 
     Boxes ``[x, y, w, h]`` become continuous ``[x, y, x + w, y + h]``. Labels follow the categories
     sorted by id unless ``classes`` (names) gives the order. Crowd annotations (``iscrowd``) are
@@ -343,7 +354,7 @@ def build_coco_index(
         seen.add(img["id"])
         path = images_dir / img["file_name"]
         try:
-            width, height = _image_size(path)
+            width, height = _image_size(path, verify)
         except SSDError as e:
             issues.add(path, str(e), "skipped image")
             continue
