@@ -88,17 +88,22 @@ def digest(root: Path) -> str:
 # 2.4.6, Pillow 13.0.0): every JPEG, XML, image set, classes.txt and synthetic.json, byte for byte. The demo's
 # mAP is measured on this generator's output, so a change here changes the demo. The JPEG bytes (Pillow's
 # encoder) and the float32 maths (numpy) may differ under other versions; there the pin cannot be compared.
+# Under the same versions, numpy's vectorised float maths (np.sin and powers of float32 arrays, which its SIMD
+# dispatch computes differently on different CPUs) gave "every shape" a second digest on an Intel Xeon with
+# AVX-512 (2026-12-05) than on the AMD EPYC host that pinned it; the demo's digest is the same on both. Each
+# known digest is listed: a change of the generator gives none of them.
 PINNED_VERSIONS = {"numpy": "2.4.6", "Pillow": "13.0.0"}
 PINNED = {
     # all twelve shapes, with empty images, difficult and truncated objects
     "every shape": (
         SyntheticConfig(num_trainval=6, num_test=3, classes=tuple(SHAPES), empty_fraction=0.1, seed=7),
-        "9414b4a93a1433f20be29367df74c7831840d8330f04b148545cd30d28703c82",
+        {"9414b4a93a1433f20be29367df74c7831840d8330f04b148545cd30d28703c82",  # AMD EPYC
+         "3dd0e802e17f6a16f6f457e41e4b3cd1657bacf33290effdb140c591f96d242a"},  # Intel Xeon, AVX-512
     ),
     # the first four trainval and test images of the demo (the same images as in the full demo dataset)
     "demo": (
         dataclasses.replace(DEMO_CONFIG, num_trainval=4, num_test=4),
-        "d1c97a06a03e1b5c9d4ec3b17ce8db9fe5e928d19a2955a166fdc1b0a2b5cc1f",
+        {"d1c97a06a03e1b5c9d4ec3b17ce8db9fe5e928d19a2955a166fdc1b0a2b5cc1f"},
     ),
 }
 
@@ -110,7 +115,7 @@ def test_generated_files_are_pinned_byte_for_byte(tmp_path, name):
         pytest.skip(f"digests pinned under {PINNED_VERSIONS}, running {versions}")
     config, expected = PINNED[name]
     generate_synthetic(tmp_path, config)
-    assert digest(tmp_path) == expected, "the synthetic data changed: the demo's data (and mAP) would change too"
+    assert digest(tmp_path) in expected, "the synthetic data changed: the demo's data (and mAP) would change too"
 
 
 def test_image_content_does_not_depend_on_split_sizes(tmp_path, small_dataset):
