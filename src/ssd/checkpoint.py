@@ -97,6 +97,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    check_declared_sizes(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -130,11 +131,43 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return dict(ckpt)
 
 
-def config_from_checkpoint(ckpt: Mapping[str, Any]) -> ModelConfig:
+def check_declared_sizes(path: Path) -> None:
+    """Refuse, before reading, a file whose contents could unpack to more memory than the file's own size: ssd
+    writes torch's zip format, uncompressed, so the sizes its entries declare add up to at most the file's size.
+    A legacy (non-zip) torch file allocates each storage at the size its pickle declares, so it is refused."""
+    size = path.stat().st_size
     try:
-        return ModelConfig.from_dict(ckpt["config"])
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+        if is_zip:
+            raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt?): {e}") from e
+        raise CheckpointError(
+            f"{path}: refused to load: not a checkpoint in torch's zip format (a legacy torch file declares its own "
+            f"storage sizes). If it is the tutorial's checkpoint, convert it with `ssd convert tutorial`."
+        ) from e
+    if declared > 2 * size + 4096:
+        raise CheckpointError(
+            f"{path}: refused to load: its entries declare {declared} bytes in a file of {size} (compressed or "
+            f"crafted); ssd checkpoints are stored uncompressed"
+        )
+
+
+def config_from_checkpoint(ckpt: Mapping[str, Any]) -> ModelConfig:
+    """The checkpoint's :class:`ModelConfig`, validated (sane bounds) and checked against the weights the file
+    holds before anything is allocated: a configuration can only describe the network the file carries."""
+    try:
+        config = ModelConfig.from_dict(ckpt["config"])
     except Exception as e:
         raise CheckpointError(f"checkpoint configuration is invalid: {e}") from e
+    from ssd.model import SSD
+
+    with torch.device("meta"):  # shapes only: no memory is spent on a network the file does not hold
+        skeleton = SSD(config)
+    check_state_fits(skeleton, ckpt["model"])
+    return config
 
 
 def model_from_checkpoint(ckpt: Mapping[str, Any]):
@@ -146,8 +179,8 @@ def model_from_checkpoint(ckpt: Mapping[str, Any]):
     return model
 
 
-def load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Strict ``load_state_dict`` that explains mismatches in one line."""
+def check_state_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Raise :class:`CheckpointError` in one line unless ``state`` has exactly ``model``'s names and shapes."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -165,6 +198,11 @@ def load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> Non
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         raise CheckpointError("weights do not fit this model: " + "; ".join(parts))
+
+
+def load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Strict ``load_state_dict`` that explains mismatches in one line."""
+    check_state_fits(model, state)
     model.load_state_dict(state)
 
 

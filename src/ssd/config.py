@@ -50,6 +50,29 @@ EXTRA = "extra"
 Ratio = Union[float, str]
 ClipMode = Literal["none", "wh", "all"]
 
+# Sane bounds, checked before anything is built, so that a small file (a checkpoint's configuration) cannot
+# describe a network that takes the machine. Each is far above any published SSD (SSD512: 24564 priors).
+MAX_IMAGE_SIZE = 4096
+MAX_CLASSES = 10_000
+MAX_CHANNELS = 16_384
+MAX_EXTRA_BLOCKS = 16
+MAX_RATIOS_PER_POSITION = 32
+MAX_PRIORS = 1_000_000
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    """A one-line SSDError unless ``value`` is an int (not a bool) in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SSDError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+
+
+def _check_finite(name: str, values: Sequence[Any], positive: bool = False) -> None:
+    """A one-line SSDError unless every value is a finite number (and positive, if asked)."""
+    for v in values:
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not number or not math.isfinite(v) or (positive and v <= 0):
+            raise SSDError(f"{name} must hold finite{' positive' if positive else ''} numbers, got {v!r}")
+
 
 @dataclass(frozen=True)
 class PriorConfig:
@@ -84,6 +107,11 @@ class PriorConfig:
 
     def __post_init__(self) -> None:
         n = len(self.aspect_ratios)
+        for key in ("scales", "min_sizes", "max_sizes", "steps"):
+            _check_finite(f"priors.{key}", getattr(self, key) or (), positive=True)
+        _check_finite("priors.offset", (self.offset,))
+        if self.last_extra_scale is not None:
+            _check_finite("priors.last_extra_scale", (self.last_extra_scale,), positive=True)
         if (self.scales is None) == (self.min_sizes is None):
             raise SSDError("priors: give exactly one of scales or min_sizes/max_sizes")
         if self.scales is not None:
@@ -98,8 +126,9 @@ class PriorConfig:
         if self.clip not in ("none", "wh", "all"):
             raise SSDError(f"priors: clip must be none, wh or all, not {self.clip!r}")
         for ratios in self.aspect_ratios:
+            _check_int("priors: ratios per position", len(ratios), 1, MAX_RATIOS_PER_POSITION)
             for r in ratios:
-                if r != EXTRA and not (isinstance(r, (int, float)) and r > 0):
+                if r != EXTRA and not (isinstance(r, (int, float)) and math.isfinite(r) and r > 0):
                     raise SSDError(f"priors: aspect ratio {r!r} is neither positive nor {EXTRA!r}")
 
     @property
@@ -134,6 +163,13 @@ class ExtraBlock:
     stride: int = 2
     padding: int = 1
 
+    def __post_init__(self) -> None:
+        _check_int("extras: mid_channels", self.mid_channels, 1, MAX_CHANNELS)
+        _check_int("extras: out_channels", self.out_channels, 1, MAX_CHANNELS)
+        _check_int("extras: kernel_size", self.kernel_size, 1, 7)
+        _check_int("extras: stride", self.stride, 1, 4)
+        _check_int("extras: padding", self.padding, 0, 6)
+
 
 @dataclass(frozen=True)
 class DecodeConfig:
@@ -151,8 +187,10 @@ class DecodeConfig:
     candidates_per_class: int | None = None
 
     def __post_init__(self) -> None:
-        if self.candidates_per_class is not None and self.candidates_per_class < 1:
-            raise SSDError(f"decode.candidates_per_class must be at least 1 (or null), got {self.candidates_per_class}")
+        if self.candidates_per_class is not None:
+            _check_int("decode.candidates_per_class (or null)", self.candidates_per_class, 1, MAX_PRIORS)
+        if self.size_clamp is not None:
+            _check_finite("decode.size_clamp", (self.size_clamp,), positive=True)
 
 
 @dataclass(frozen=True)
@@ -189,6 +227,20 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if len(self.class_names) < 1:
             raise SSDError("a model needs at least one class")
+        _check_int("number of classes", len(self.class_names), 1, MAX_CLASSES)
+        if not all(isinstance(c, str) for c in self.class_names):
+            raise SSDError(f"class names must be strings: {list(self.class_names)[:5]}")
+        _check_int("image_size", self.image_size, 32, MAX_IMAGE_SIZE)
+        if len(self.vgg_widths) != 5:
+            raise SSDError(f"vgg_widths needs 5 values (one per VGG block), got {len(self.vgg_widths)}")
+        for w in (*self.vgg_widths, self.fc_channels):
+            _check_int("vgg_widths and fc_channels", w, 1, MAX_CHANNELS)
+        _check_int("number of extra blocks", len(self.extras), 0, MAX_EXTRA_BLOCKS)
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise SSDError(f"mean and std need 3 values (R, G, B), got {len(self.mean)} and {len(self.std)}")
+        _check_finite("mean", self.mean)
+        _check_finite("std", self.std, positive=True)
+        _check_finite("l2norm_scale", (self.l2norm_scale,))
         if len(set(self.class_names)) != len(self.class_names):
             raise SSDError(f"class names must be unique: {list(self.class_names)}")
         if "background" in self.class_names or "__background__" in self.class_names:
@@ -201,6 +253,8 @@ class ModelConfig:
         sizes = self.feature_map_sizes
         if min(sizes) < 1:
             raise SSDError(f"input size {self.image_size} is too small for this network: maps {sizes}")
+        if self.num_priors > MAX_PRIORS:
+            raise SSDError(f"this configuration lays out {self.num_priors} priors, over the limit of {MAX_PRIORS}")
 
     @property
     def num_classes(self) -> int:

@@ -1,4 +1,5 @@
-"""One rule for every command: no output path may be one of the command's inputs.
+"""Path rules for every command: no output path may be one of the command's inputs, and no file name read from a
+dataset file leaves the folder it names a file in.
 
 Each command lists the files it will write (with the option that names them) and the files it reads, and calls
 :func:`refuse_to_overwrite_inputs` before any work, so a typo such as ``ssd export model.ckpt model.ckpt`` or
@@ -13,7 +14,7 @@ from typing import Iterable
 
 from ssd.errors import SSDError
 
-__all__ = ["refuse_to_overwrite_inputs"]
+__all__ = ["refuse_to_overwrite_inputs", "stays_inside"]
 
 
 def _file_identity(path: Path) -> tuple[str, tuple[int, int] | None]:
@@ -42,3 +43,17 @@ def refuse_to_overwrite_inputs(writes: Iterable[tuple[str, Path]], reads: Iterab
         hit = paths.get(real) or (inodes.get(inode) if inode is not None else None)
         if hit is not None:
             raise SSDError(f"{option} {write}: would overwrite {hit}, an input of this command; choose another path")
+
+
+def stays_inside(name: str) -> bool:
+    """True when ``name``, a relative file name read from a dataset file (a COCO ``file_name``, a VOC
+    ``<filename>`` or image id), stays inside the folder it is joined to: not empty, not absolute (no drive), no
+    ``..`` part and no NUL. A dataset file can then only name images in its own image folder."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    if not name or "\0" in name:
+        return False
+    posix, windows = PurePosixPath(name), PureWindowsPath(name)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or name.startswith(("/", "\\")):
+        return False
+    return ".." not in posix.parts and ".." not in windows.parts

@@ -36,6 +36,32 @@ def _text_reader(name: str):
     return read
 
 
+def positive(kind):
+    """An argparse ``type``: a number of ``kind`` (int or float) above zero, else the option's own error."""
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"{text} is not positive")
+        return v
+
+    return parse
+
+
+def non_negative(text: str) -> float:
+    """An argparse ``type``: a float of zero or more."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return v
+
+
 def add_setting_options(parser: Any, defaults: DetectSettings, names: Sequence[str]) -> None:
     """``--min-score`` and the like on ``parser`` (or an argument group) for the settings ``names``: help and
     metavar from each setting's declaration, defaults from ``defaults``."""

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from ssd.cli.checks import positive
 from ssd.paths import refuse_to_overwrite_inputs
 from ssd.errors import SSDError
 
@@ -102,7 +103,8 @@ def _cmd_voc(args: argparse.Namespace) -> int:
                 print(f"ssd: note: {missing}; not written", file=sys.stderr)
                 continue
             raise SSDError(missing)
-        indexes.append(build_voc_index(name, sources, classes, policy=args.on_error, progress=True, verify=args.verify))
+        indexes.append(build_voc_index(name, sources, classes, policy=args.on_error, progress=True, verify=args.verify,
+                                       max_objects=args.max_objects))  # fmt: skip
     if not indexes:
         raise SSDError("no folder has ImageSets/Main/trainval.txt or test.txt; choose image sets with --split")
     _say_verified(args, indexes, time.perf_counter() - start)
@@ -116,7 +118,7 @@ def _cmd_coco(args: argparse.Namespace) -> int:
     refuse_to_overwrite_inputs([("--out", Path(args.out) / f"{args.name}.json")], [Path(args.json)])  # before the work
     start = time.perf_counter()
     index = build_coco_index(args.name, args.json, args.images, _classes(args.classes), policy=args.on_error,
-                             progress=True, verify=args.verify)  # fmt: skip
+                             progress=True, verify=args.verify, max_objects=args.max_objects)  # fmt: skip
     _say_verified(args, [index], time.perf_counter() - start)
     _write([index], Path(args.out), reads=(Path(args.json),))
     return 0
@@ -139,6 +141,14 @@ def _cmd_synthetic(args: argparse.Namespace) -> int:
     indexes = [build_voc_index(name, [(root, split)], summary.classes) for name, split in (("train", "trainval"), ("test", "test"))]
     _write(indexes, out)
     return 0
+
+
+def _add_max_objects(parser) -> None:
+    from ssd.data.index import MAX_OBJECTS_PER_IMAGE
+
+    parser.add_argument("--max-objects", type=positive(int), default=MAX_OBJECTS_PER_IMAGE, metavar="N",
+                        help="skip (and report) an image with more objects: training's memory grows with one "
+                        f"image's objects (default {MAX_OBJECTS_PER_IMAGE})")  # fmt: skip
 
 
 _VERIFY_HELP = ("decode every image whole, as training reads it, so that truncated or corrupt files are reported "
@@ -166,6 +176,7 @@ def register(sub) -> None:
                    "(default: the 20 VOC classes, or for --root: classes.txt or the names found)")  # fmt: skip
     v.add_argument("--out", required=True, help="folder for the index files (<split>.json)")
     v.add_argument("--verify", action="store_true", help=_VERIFY_HELP)
+    _add_max_objects(v)
     v.add_argument("--on-error", choices=("skip", "fail"), default="skip",
                    help="bad files or objects: skip and report them (default), or stop at the first")  # fmt: skip
     v.add_argument("--download", metavar="DIR",
@@ -182,6 +193,7 @@ def register(sub) -> None:
     c.add_argument("--out", required=True, help="folder for the index file")
     c.add_argument("--on-error", choices=("skip", "fail"), default="skip")
     c.add_argument("--verify", action="store_true", help=_VERIFY_HELP)
+    _add_max_objects(c)
     c.set_defaults(func=_cmd_coco)
 
     s = kinds.add_parser("synthetic", help="write a seeded synthetic shapes dataset (VOC layout) and index it")

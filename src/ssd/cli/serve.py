@@ -6,31 +6,8 @@ import argparse
 import ipaddress
 import sys
 
-from ssd.cli.checks import add_setting_options, settings_from_args
+from ssd.cli.checks import add_setting_options, non_negative, positive, settings_from_args
 from ssd.errors import SSDError
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"{text} is not positive")
-        return v
-
-    return parse
-
-
-def _non_negative(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return v
 
 
 def register(sub) -> None:
@@ -57,16 +34,16 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
     add_setting_options(p.add_argument_group("the settings of requests that do not give their own"),
                         DetectSettings(), DECODING_SETTINGS)  # fmt: skip
-    p.add_argument("--max-upload-mb", type=_positive(float), default=d.max_upload_bytes / 2**20, metavar="MB",
+    p.add_argument("--max-upload-mb", type=positive(float), default=d.max_upload_bytes / 2**20, metavar="MB",
                    help=f"largest upload accepted, in MiB (default {d.max_upload_bytes / 2**20:g}; larger: 413)")
-    p.add_argument("--max-pixels", type=_positive(int), default=d.max_pixels,
+    p.add_argument("--max-pixels", type=positive(int), default=d.max_pixels,
                    help=f"largest image accepted, width x height (default {d.max_pixels}; larger: 413)")
-    p.add_argument("--batch-window-ms", type=_non_negative, default=d.batch_window_ms, metavar="MS",
+    p.add_argument("--batch-window-ms", type=non_negative, default=d.batch_window_ms, metavar="MS",
                    help=f"how long to wait for more requests to batch together (default {d.batch_window_ms:g}; 0: no wait)")
-    p.add_argument("--max-batch", type=_positive(int), default=d.max_batch, help=f"images per forward pass at most (default {d.max_batch})")
-    p.add_argument("--queue-size", type=_positive(int), default=d.queue_size,
+    p.add_argument("--max-batch", type=positive(int), default=d.max_batch, help=f"images per forward pass at most (default {d.max_batch})")
+    p.add_argument("--queue-size", type=positive(int), default=d.queue_size,
                    help=f"requests waiting at most; more get 503 (default {d.queue_size})")
-    p.add_argument("--timeout", type=_positive(float), default=d.request_timeout_s, metavar="S",
+    p.add_argument("--timeout", type=positive(float), default=d.request_timeout_s, metavar="S",
                    help=f"seconds a request may wait for its answer; then 504 (default {d.request_timeout_s:g})")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)

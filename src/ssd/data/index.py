@@ -26,10 +26,16 @@ from typing import Iterable, Literal, Sequence
 import numpy as np
 
 from ssd.errors import SSDError
+from ssd.paths import stays_inside
 
 INDEX_FORMAT = "ssd-index"
 INDEX_VERSION = 1
 Policy = Literal["skip", "fail"]
+
+MAX_OBJECTS_PER_IMAGE = 1000
+"""Default bound on one image's objects (``--max-objects``): above the most crowded images of COCO (93) or dense
+retail sets (SKU-110K, about 700); an image with more is reported and skipped, so training's memory (matching is
+objects x priors per image) never depends on one file."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +247,38 @@ def voc_classes_of(voc_roots: Iterable[str | Path], splits: Sequence[str]) -> tu
     return tuple(sorted(names))
 
 
+def _voc_todo(sources: Sequence[tuple[str | Path, str]], issues: _Collector) -> list[tuple[Path, str, str]]:
+    """(root, split, image id) for each id of each image set, once: an id listed twice, or one that would leave
+    the dataset's folders (a path, ``..``), is reported and skipped."""
+    from ssd.data.voc import read_image_set
+
+    todo, seen = [], set()
+    for root, split in sources:
+        root = Path(root)
+        if not root.is_dir():
+            raise SSDError(f"VOC folder not found: {root}")
+        listing = root / "ImageSets" / "Main" / f"{split}.txt"
+        for image_id in read_image_set(root, split):
+            if not stays_inside(image_id) or "/" in image_id or "\\" in image_id:
+                issues.add(listing, f"image id {image_id!r} is not a plain file name", "skipped image")
+            elif (root.resolve(), image_id) in seen:
+                issues.add(listing, f"image id {image_id!r} is listed twice", "skipped image")
+            else:
+                seen.add((root.resolve(), image_id))
+                todo.append((root, split, image_id))
+    return todo
+
+
+def _voc_image_path(root: Path, image_id: str, filename: str, xml: Path, issues: _Collector) -> Path | None:
+    """The image an annotation names (``<filename>``, else ``<id>.jpg``) inside ``JPEGImages``; None (reported)
+    when the name would leave that folder."""
+    if not stays_inside(filename):
+        issues.add(xml, f"<filename> {filename!r} leaves the JPEGImages folder", "skipped image")
+        return None
+    image = root / "JPEGImages" / filename
+    return image if image.is_file() else root / "JPEGImages" / f"{image_id}.jpg"
+
+
 def build_voc_index(
     name: str,
     sources: Sequence[tuple[str | Path, str]],
@@ -248,26 +286,21 @@ def build_voc_index(
     policy: Policy = "skip",
     progress: bool = False,
     verify: bool = False,
+    max_objects: int = MAX_OBJECTS_PER_IMAGE,
 ) -> DatasetIndex:
     """Index the images of ``(voc_root, split)`` sources, e.g. ``[("VOCdevkit/VOC2007", "trainval")]``.
 
     ``voc_root`` is a year folder holding ``Annotations``, ``JPEGImages`` and ``ImageSets/Main``. ``verify``
     decodes every image whole (slower: a few milliseconds an image) so that a truncated or corrupt file is
-    reported and skipped here rather than met in training.
+    reported and skipped here rather than met in training. An image with more than ``max_objects`` objects is
+    reported and skipped.
     """
-    from ssd.data.voc import parse_voc_xml, read_image_set
+    from ssd.data.voc import parse_voc_xml
 
     issues = _Collector(policy)
     label_of = {c: i for i, c in enumerate(classes, start=1)}
     records: list[ImageRecord] = []
-    todo = []
-    for root, split in sources:
-        root = Path(root)
-        if not root.is_dir():
-            raise SSDError(f"VOC folder not found: {root}")
-        todo += [(root, split, image_id) for image_id in read_image_set(root, split)]
-    bar = _progress(todo, f"indexing {name}", progress)
-    for root, split, image_id in bar:
+    for root, split, image_id in _progress(_voc_todo(sources, issues), f"indexing {name}", progress):
         xml = root / "Annotations" / f"{image_id}.xml"
         if not xml.is_file():
             issues.add(xml, f"annotation missing for image {image_id} listed in {split}.txt", "skipped image")
@@ -277,9 +310,12 @@ def build_voc_index(
         except SSDError as e:
             issues.add(xml, str(e).removeprefix(f"{xml}: "), "skipped image")
             continue
-        image = root / "JPEGImages" / ann.filename
-        if not image.is_file():
-            image = root / "JPEGImages" / f"{image_id}.jpg"
+        if len(ann.names) > max_objects:
+            issues.add(xml, f"{len(ann.names)} objects, over the limit of {max_objects} (--max-objects)", "skipped image")
+            continue
+        image = _voc_image_path(root, image_id, ann.filename, xml, issues)
+        if image is None:
+            continue
         try:
             width, height = _image_size(image, verify)
         except SSDError as e:
@@ -303,6 +339,86 @@ def build_voc_index(
     return DatasetIndex(name, tuple(classes), records, issues.issues)
 
 
+def _is_id(value: object) -> bool:
+    """COCO ids are integers (strings accepted); a bool, a float, a list or null is not an id."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _read_coco(annotations: Path) -> tuple[list, list, list]:
+    """The file's ``images``, ``annotations`` and ``categories`` lists; an SSDError naming what is wrong."""
+    try:
+        coco = json.loads(annotations.read_text())
+    except FileNotFoundError as e:
+        raise SSDError(f"COCO annotation file not found: {annotations}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SSDError(f"{annotations}: unreadable COCO JSON: {e}") from e
+    if not isinstance(coco, dict) or not all(k in coco for k in ("images", "annotations", "categories")):
+        raise SSDError(f"{annotations}: not a COCO detection file (needs images, annotations, categories)")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco[key], list):
+            kind = "null" if coco[key] is None else type(coco[key]).__name__
+            raise SSDError(f"{annotations}: {key!r} must be a list, not {kind}")
+    return coco["images"], coco["annotations"], coco["categories"]
+
+
+def _coco_labels(categories: list, classes: Sequence[str] | None, annotations: Path) -> tuple[tuple[str, ...], dict]:
+    """(class names, label of each category id); a category that is not an ``{id, name}`` pair, or an id or a name
+    listed twice, is an error: labels would otherwise depend on which entry wins."""
+    names_of: dict[int | str, str] = {}
+    for c in categories:
+        if not isinstance(c, dict) or not _is_id(c.get("id")) or not isinstance(c.get("name"), str):
+            raise SSDError(f"{annotations}: malformed category {str(c)[:80]} (each needs an integer id and a name)")
+        if c["id"] in names_of:
+            raise SSDError(f"{annotations}: category id {c['id']!r} is listed twice ({names_of[c['id']]!r}, {c['name']!r})")
+        if c["name"] in names_of.values():
+            raise SSDError(f"{annotations}: category name {c['name']!r} is listed twice")
+        names_of[c["id"]] = c["name"]
+    by_id = sorted(names_of.items(), key=lambda item: (isinstance(item[0], str), item[0]))
+    classes = tuple(name for _, name in by_id) if classes is None else tuple(classes)
+    label_of_name = {c: i for i, c in enumerate(classes, start=1)}
+    return classes, {cat_id: label_of_name.get(name) for cat_id, name in by_id}
+
+
+def _coco_images(images: list, annotations: Path, issues: _Collector) -> list[dict]:
+    """The usable image entries: an id and a file name inside the image folder, each id once (repeats reported)."""
+    kept: dict[int | str, dict] = {}
+    for img in images:
+        if not isinstance(img, dict) or not isinstance(img.get("file_name"), str) or not _is_id(img.get("id")):
+            issues.add(annotations, f"image entry {str(img)[:80]}: needs an id and a file_name", "skipped image")
+        elif img["id"] in kept:
+            first = kept[img["id"]]["file_name"]
+            issues.add(annotations, f"image id {img['id']!r} is listed twice ({first!r}, {img['file_name']!r})", "skipped image")
+        elif not stays_inside(img["file_name"]):
+            issues.add(annotations, f"image {img['id']!r}: file name {img['file_name']!r} leaves the image folder", "skipped image")
+        else:
+            kept[img["id"]] = img
+    return list(kept.values())
+
+
+def _coco_objects(anns: list[dict], label_of_cat: dict, path: Path, issues: _Collector) -> tuple[list, list, list]:
+    """One image's annotations as continuous boxes, labels and crowd flags; a malformed one is reported, dropped."""
+    boxes, labels, difficult = [], [], []
+    for a in anns:
+        cat, bbox, crowd = a.get("category_id"), a.get("bbox"), a.get("iscrowd", 0)
+        label = label_of_cat.get(cat) if _is_id(cat) else None
+        if label is None:
+            issues.add(path, f"annotation {a.get('id')}: unknown category {cat!r}", "dropped object")
+        elif not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            issues.add(path, f"annotation {a.get('id')}: malformed bbox {str(bbox)[:80]} (needs [x, y, w, h])", "dropped object")
+        elif crowd not in (0, 1):
+            issues.add(path, f"annotation {a.get('id')}: iscrowd must be 0 or 1, not {str(crowd)[:20]}", "dropped object")
+        else:
+            x, y, w, h = (float(v) for v in bbox)
+            boxes.append([x, y, x + w, y + h])
+            labels.append(label)
+            difficult.append(bool(crowd))
+    return boxes, labels, difficult
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def build_coco_index(
     name: str,
     annotations: str | Path,
@@ -311,77 +427,54 @@ def build_coco_index(
     policy: Policy = "skip",
     progress: bool = False,
     verify: bool = False,
+    max_objects: int = MAX_OBJECTS_PER_IMAGE,
 ) -> DatasetIndex:
-    """Index a COCO-format detection JSON (``images``, ``annotations``, ``categories``); ``verify`` as for
-    :func:`build_voc_index`.
+    """Index a COCO-format detection JSON (``images``, ``annotations``, ``categories``); ``verify`` and
+    ``max_objects`` as for :func:`build_voc_index`.
 
     Boxes ``[x, y, w, h]`` become continuous ``[x, y, x + w, y + h]``. Labels follow the categories
     sorted by id unless ``classes`` (names) gives the order. Crowd annotations (``iscrowd``) are
-    kept as difficult objects: they are ignored by the VOC scorer and not trained on.
+    kept as difficult objects: they are ignored by the VOC scorer and not trained on. Validated: categories
+    (each id and name once, or an error), image entries (an id listed once, a file name inside ``images_dir``),
+    annotations (a known category, a bbox of four numbers): what fails is reported and left out, never relabelled.
     """
     annotations, images_dir = Path(annotations), Path(images_dir)
-    try:
-        coco = json.loads(annotations.read_text())
-    except FileNotFoundError:
-        raise SSDError(f"COCO annotation file not found: {annotations}") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise SSDError(f"{annotations}: unreadable COCO JSON: {e}") from e
-    if not isinstance(coco, dict) or not all(k in coco for k in ("images", "annotations", "categories")):
-        raise SSDError(f"{annotations}: not a COCO detection file (needs images, annotations, categories)")
+    images, anns, categories = _read_coco(annotations)
     if not images_dir.is_dir():
         raise SSDError(f"image folder not found: {images_dir}")
-    try:
-        cats = sorted(coco["categories"], key=lambda c: c["id"])
-        if classes is None:
-            classes = [c["name"] for c in cats]
-        label_of_name = {c: i for i, c in enumerate(classes, start=1)}
-        label_of_cat = {c["id"]: label_of_name.get(c["name"]) for c in cats}
-    except (KeyError, TypeError) as e:
-        raise SSDError(f"{annotations}: malformed categories (each needs an id and a name): {e!r}") from e
+    classes, label_of_cat = _coco_labels(categories, classes, annotations)
     issues = _Collector(policy)
-    by_image: dict[int, list[dict]] = {}
-    for a in coco["annotations"]:
-        if not isinstance(a, dict) or not isinstance(a.get("image_id"), (int, str)):
+    by_image: dict[int | str, list[dict]] = {}
+    for a in anns:
+        if not isinstance(a, dict) or not _is_id(a.get("image_id")):
             issues.add(annotations, f"annotation {str(a)[:80]}: no image_id", "dropped object")
             continue
         by_image.setdefault(a["image_id"], []).append(a)
     records = []
-    seen: set = set()
-    for img in _progress(coco["images"], f"indexing {name}", progress):
-        if not isinstance(img, dict) or not isinstance(img.get("file_name"), str) or not isinstance(img.get("id"), (int, str)):
-            issues.add(annotations, f"image entry {str(img)[:80]}: needs an id and a file_name", "skipped image")
-            continue
-        seen.add(img["id"])
+    entries = _coco_images(images, annotations, issues)
+    for img in _progress(entries, f"indexing {name}", progress):
         path = images_dir / img["file_name"]
+        objects = by_image.get(img["id"], [])
+        if len(objects) > max_objects:
+            issues.add(path, f"{len(objects)} objects, over the limit of {max_objects} (--max-objects)", "skipped image")
+            continue
         try:
             width, height = _image_size(path, verify)
         except SSDError as e:
             issues.add(path, str(e), "skipped image")
             continue
-        boxes, labels, difficult = [], [], []
-        for a in by_image.get(img["id"], []):
-            label = label_of_cat.get(a.get("category_id"))
-            if label is None:
-                issues.add(path, f"annotation {a.get('id')}: unknown category {a.get('category_id')}", "dropped object")
-                continue
-            try:
-                x, y, w, h = (float(v) for v in a["bbox"])
-            except (KeyError, TypeError, ValueError):
-                issues.add(path, f"annotation {a.get('id')}: malformed bbox {a.get('bbox')!r}", "dropped object")
-                continue
-            boxes.append([x, y, x + w, y + h])
-            labels.append(label)
-            difficult.append(bool(a.get("iscrowd", 0)))
+        boxes, labels, difficult = _coco_objects(objects, label_of_cat, path, issues)
         b, l, d = _clean_objects(
             str(path), width, height, np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
             np.asarray(labels, dtype=np.int64), np.asarray(difficult, dtype=bool), issues,
         )  # fmt: skip
         records.append(ImageRecord(str(img["id"]), str(path.resolve()), width, height, b, l, d))
-    for image_id, anns in by_image.items():
-        if image_id not in seen:
-            for a in anns:
+    listed = {img["id"] for img in images if isinstance(img, dict) and _is_id(img.get("id"))}
+    for image_id, objects in by_image.items():
+        if image_id not in listed:
+            for a in objects:
                 issues.add(annotations, f"annotation {a.get('id')}: no image {image_id} in images", "dropped object")
-    return DatasetIndex(name, tuple(classes), records, issues.issues)
+    return DatasetIndex(name, classes, records, issues.issues)
 
 
 def _progress(items, desc: str, enabled: bool):

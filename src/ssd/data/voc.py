@@ -36,6 +36,9 @@ from numpy.typing import ArrayLike, NDArray
 
 from ssd.errors import SSDError
 
+MAX_ANNOTATION_BYTES = 8 * 1024 * 1024
+"""Larger annotation files are refused before parsing, so one file cannot take the parser's memory."""
+
 __all__ = [
     "VOCAnnotation",
     "parse_voc_xml",
@@ -146,6 +149,9 @@ def parse_voc_xml(path: str | Path) -> VOCAnnotation:
     """
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_ANNOTATION_BYTES:
+            raise SSDError(f"{path}: annotation file of {path.stat().st_size} bytes is over the limit of "
+                           f"{MAX_ANNOTATION_BYTES} (a VOC file with a thousand objects takes about 300 kB)")  # fmt: skip
         root = ET.parse(path).getroot()
     except ET.ParseError as exc:
         raise SSDError(f"{path}: malformed XML: {exc}") from None
