@@ -27,7 +27,7 @@ import uvicorn  # noqa: E402
 import ssd  # noqa: E402
 from ssd.detector import Detector  # noqa: E402
 from ssd.settings import DetectSettings  # noqa: E402
-from ssd.serve import ServeLimits, create_app  # noqa: E402
+from ssd.serve import ServeLimits, create_app, server_config  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -47,7 +47,8 @@ class Server:
     def __init__(self, app) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        config = server_config(app, app.state.limits, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> "Server":
@@ -308,7 +309,8 @@ def test_full_queue_gives_503_and_slow_model_504(detector, images):
 
 def test_shutdown_answers_queued_requests_with_503():
     """The batch in hand finishes; requests still queued, and any new one, get 503 at once, not a 504 later."""
-    from ssd.serve import Batcher, HTTPProblem, _Job
+    from ssd.serve_batcher import Batcher, Job
+    from ssd.serve_limits import HTTPProblem
 
     started, release = threading.Event(), threading.Event()
 
@@ -321,7 +323,7 @@ def test_shutdown_answers_queued_requests_with_503():
     b = Blocking(None, window_s=0.0, max_batch=1, queue_size=8)
 
     def job():
-        return _Job(image=None, settings=DetectSettings())
+        return Job(image=None, settings=DetectSettings())
 
     futures = [b.submit(job()) for _ in range(3)]
     assert started.wait(10)
@@ -494,7 +496,7 @@ def test_missing_dependencies_say_what_to_install(monkeypatch):
 def test_start_after_a_stop_that_timed_out_keeps_serving(monkeypatch):
     """stop() gives up joining a thread stuck in a long batch; a start() right after must leave a thread that
     answers the next requests, not one that exits on stop()'s wake-up and strands them."""
-    from ssd.serve import Batcher, _Job
+    from ssd.serve_batcher import Batcher, Job
 
     release = threading.Event()
 
@@ -504,7 +506,7 @@ def test_start_after_a_stop_that_timed_out_keeps_serving(monkeypatch):
             return ["done"] * len(jobs)
 
     b = Slow(None, window_s=0.0, max_batch=1, queue_size=8)
-    first = b.submit(_Job(image=None, settings=DetectSettings()))
+    first = b.submit(Job(image=None, settings=DetectSettings()))
     time.sleep(0.2)
     real_join = threading.Thread.join
     monkeypatch.setattr(threading.Thread, "join", lambda self, timeout=None: real_join(self, 0.05))
@@ -513,7 +515,7 @@ def test_start_after_a_stop_that_timed_out_keeps_serving(monkeypatch):
     b.start()
     release.set()
     assert first.result(timeout=5) == "done"
-    later = b.submit(_Job(image=None, settings=DetectSettings()))
+    later = b.submit(Job(image=None, settings=DetectSettings()))
     assert later.result(timeout=5) == "done"
     b.stop()
 

@@ -2,10 +2,13 @@
 
 ::
 
+    import uvicorn
     from ssd.detector import Detector
-    from ssd.serve import create_app
+    from ssd.serve import ServeLimits, create_app, server_config
 
-    app = create_app(Detector.from_checkpoint("checkpoint.pt"))   # then: uvicorn.run(app, host="127.0.0.1")
+    limits = ServeLimits(max_batch=8)
+    app = create_app(Detector.from_checkpoint("checkpoint.pt"), limits)
+    uvicorn.Server(server_config(app, limits, host="127.0.0.1")).run()   # connection limits and deadlines too
 
 Endpoints:
 
@@ -23,17 +26,20 @@ Endpoints:
 
 The way of a request::
 
-    upload -> decode_upload (uint8 RGB, upright) -> Detector.prepare      (worker threads, in parallel)
+    upload -> upload_pixels (header) -> PixelBudget.hold                   (waits for room, else 503)
+      -> decode_upload (uint8 RGB, upright) -> Detector.prepare          (worker threads, in parallel)
     query/form fields -> parse_settings -> Detector.resolve                (checked completely, else 422)
       -> Batcher: requests arriving within ``batch_window_ms`` of each other, at most ``max_batch``
          -> Detector.run_batch (one forward pass) -> Detector.finish (each request's own settings)
       -> ImageDetections.to_dict() + the settings used (+ annotated PNG)
 
-The limits are a :class:`ServeLimits`; ``create_app(detector, limits=ServeLimits(max_batch=8))``.
+The limits are a :class:`ServeLimits` (:mod:`ssd.serve_limits` says where each applies). An image's pixels
+are reserved among ``max_pixels_in_flight`` from its header, before it is decoded.
 
-Errors are JSON ``{"detail": "message"}``: 400 (no image, or a bad field), 413 (upload over
-``max_upload_bytes`` or image over ``max_pixels``), 415 (not an image), 422 (a damaged image or a bad
-setting), 503 (queue full: ``queue_size`` requests waiting), 504 (no answer within ``request_timeout_s``).
+Errors are JSON ``{"detail": "message"}``: 400 (no image, or a bad field), 408 (the upload took over
+``body_timeout_s``), 413 (upload over ``max_upload_bytes`` or image over ``max_pixels``), 415 (not an image), 422
+(a damaged image or a bad setting), 503 (queue full: ``queue_size`` requests waiting; no room for the image's
+pixels within ``request_timeout_s``; over ``max_connections``), 504 (no answer within ``request_timeout_s``).
 An unexpected failure is a 500 with a one-line message, never a traceback, and the service keeps running: a batch
 that fails is split and re-run (bisection), so the failure stays with the request that caused it; the connection
 stays open; each distinct error is logged once with its traceback (``/stats`` counts the repeats).
@@ -41,27 +47,20 @@ stays open; each distinct error is logged once with its traceback (``/stats`` co
 
 import asyncio
 import base64
-import concurrent.futures
 import io
-import logging
-import math
-import queue
-import threading
-import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ssd.errors import SSDError
+from ssd.serve_batcher import Batcher, Job
+from ssd.serve_limits import HTTPProblem, PixelBudget, ServeLimits, server_config
 from ssd.settings import DECODING_SETTINGS, DetectSettings, setting_spec
 
 if TYPE_CHECKING:  # only in annotations: `ssd serve --help` stays torch-free
     import torch
 
-__all__ = ["create_app", "require_serve_dependencies", "STATIC_DIR", "ServeLimits"]
-
-log = logging.getLogger("ssd.serve")
+__all__ = ["create_app", "require_serve_dependencies", "STATIC_DIR", "ServeLimits", "server_config"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 INSTALL_HINT = "pip install 'ssd-detector[serve]'"
@@ -81,69 +80,38 @@ def require_serve_dependencies() -> None:
         raise SSDError(f"ssd serve needs {', '.join(missing)}: {INSTALL_HINT}")
 
 
-class HTTPProblem(Exception):
-    """An error answer: status code and one-line message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass(frozen=True)
-class ServeLimits:
-    """The service's limits: ``max_upload_bytes`` (larger uploads: 413), ``max_pixels`` (width x height; larger
-    images: 413), ``batch_window_ms`` (how long the batcher waits for more requests; 0: no wait), ``max_batch``
-    (images per forward pass), ``queue_size`` (requests waiting; more: 503) and ``request_timeout_s`` (then 504).
-    Validated on construction."""
-
-    max_upload_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    batch_window_ms: float = 5.0
-    max_batch: int = 16
-    queue_size: int = 64
-    request_timeout_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_batch", "queue_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise SSDError(f"{name} must be a positive integer, got {v!r}")
-        for name, low in (("batch_window_ms", 0.0), ("request_timeout_s", None)):
-            v = getattr(self, name)
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            if not ok or (v < 0 if low is not None else v <= 0):
-                raise SSDError(f"{name} must be a {'non-negative' if low is not None else 'positive'} number, got {v!r}")
-
-
 # --- images ---------------------------------------------------------------------------------------
 
 
-def decode_upload(data: bytes, name: str, max_pixels: int) -> "torch.Tensor":
-    """Uploaded bytes -> uint8 RGB (3, H, W), upright, decoded in memory exactly as
-    :func:`ssd.detector.load_image` decodes the same file (so the service and ``Detector`` agree). Raises
-    :class:`HTTPProblem`."""
+def upload_pixels(data: bytes, name: str, max_pixels: int) -> tuple[int, bool]:
+    """(width x height from the image header, whether the header was readable) of uploaded bytes, without decoding;
+    a header that cannot tell counts as ``max_pixels`` (the most the decoder will be allowed). Raises
+    :class:`HTTPProblem` (400 empty, 413 over ``max_pixels``)."""
     from PIL import Image
-
-    from ssd.data.image import decode_image_bytes
 
     if not data:
         raise HTTPProblem(400, "empty image (0 bytes)")
-    header_ok = False
-    try:  # the header only: format and size, so that huge images are refused before decoding
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
-        header_ok = True
-        if w * h > max_pixels:
-            raise HTTPProblem(413, f"{name}: image of {w} x {h} pixels is over the limit of {max_pixels} pixels")
-    except HTTPProblem:
-        raise
     except Image.DecompressionBombError as err:
         raise HTTPProblem(413, f"{name}: image too large (over the decompression-bomb limit)") from err
     except Exception:
-        header_ok = False
+        return max_pixels, False
+    if w * h > max_pixels:
+        raise HTTPProblem(413, f"{name}: image of {w} x {h} pixels is over the limit of {max_pixels} pixels")
+    return w * h, True
+
+
+def decode_upload(data: bytes, name: str, max_pixels: int) -> "torch.Tensor":
+    """Uploaded bytes -> uint8 RGB (3, H, W), upright, decoded in memory exactly as
+    :func:`ssd.detector.load_image` decodes the same file (so the service and ``Detector`` agree). Huge images are
+    refused from their header, before decoding. Raises :class:`HTTPProblem`."""
+    from ssd.data.image import decode_image_bytes
+
+    _, header_ok = upload_pixels(data, name, max_pixels)
     try:
         image = decode_image_bytes(data, name)
     except SSDError as err:
@@ -151,191 +119,6 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> "torch.Tensor":
     if image.shape[1] * image.shape[2] > max_pixels:
         raise HTTPProblem(413, f"{name}: image of {image.shape[2]} x {image.shape[1]} pixels is over the limit of {max_pixels} pixels")
     return image
-
-
-# --- micro-batching -------------------------------------------------------------------------------
-
-
-class ErrorLog:
-    """Logs each distinct unexpected error (its type and message) once, with its traceback; repeats are only
-    counted, so that a client repeating a failing request cannot flood the log. At most ``max_kinds`` distinct
-    errors are remembered (then every new kind is logged in one line, without its traceback)."""
-
-    def __init__(self, max_kinds: int = 256) -> None:
-        self.max_kinds = max_kinds
-        self.seen: dict[tuple[str, str], int] = {}
-        self._lock = threading.Lock()
-
-    def report(self, err: BaseException, where: str) -> None:
-        key = (type(err).__name__, str(err)[:500])
-        with self._lock:
-            first = key not in self.seen
-            if first and len(self.seen) >= self.max_kinds:
-                log.error("%s failed: %s: %s", where, key[0], (key[1].splitlines() or [""])[0])
-                return
-            self.seen[key] = self.seen.get(key, 0) + 1
-        if first:
-            log.error("%s failed (logged once; repeats are counted in /stats): %s: %s", where, *key,
-                      exc_info=(type(err), err, err.__traceback__))  # fmt: skip
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        with self._lock:
-            for (kind, message), n in self.seen.items():
-                shown = f"{kind}: {message}"[:200]
-                out[shown] = out.get(shown, 0) + n
-        return out
-
-
-@dataclass
-class _Job:
-    image: Any  # a PreparedImage (Detector.prepare)
-    settings: DetectSettings  # checked (Detector.resolve)
-    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-
-
-class Batcher:
-    """One thread running the detector on batches of queued jobs (see the module docstring)."""
-
-    def __init__(self, detector, *, window_s: float, max_batch: int, queue_size: int) -> None:
-        self.detector = detector
-        self.window_s = max(0.0, float(window_s))
-        self.max_batch = max(1, int(max_batch))
-        self.queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max(1, int(queue_size)))
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._closed = False  # set by stop(): new requests get 503
-        self.counters = {
-            "requests": 0, "completed": 0, "batches": 0, "batched_images": 0, "max_batch_seen": 0,
-            "rejected_queue_full": 0, "timeouts": 0, "client_errors": 0, "server_errors": 0,
-            "client_disconnects": 0, "batches_split_after_a_failure": 0,
-        }  # fmt: skip
-        self.errors = ErrorLog()
-        self.batch_sizes: dict[int, int] = {}
-
-    def count(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self.counters[key] += n
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            out = dict(self.counters)
-            out["batch_size_histogram"] = {str(k): v for k, v in sorted(self.batch_sizes.items())}
-        out["queued"] = self.queue.qsize()
-        out["mean_batch"] = round(out["batched_images"] / out["batches"], 3) if out["batches"] else 0.0
-        out["batch_window_ms"] = self.window_s * 1000
-        out["max_batch"] = self.max_batch
-        out["queue_size"] = self.queue.maxsize
-        out["distinct_errors"] = self.errors.counts()
-        return out
-
-    def running(self) -> bool:
-        """Whether the batching thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> None:
-        """Open for requests (the service's start-up); also after a stop()."""
-        with self._lock:
-            self._closed = False
-            self._stop.clear()  # also when a thread that stop() could not join is still finishing its batch
-            self._ensure_running()
-
-    def _ensure_running(self) -> None:
-        """Start the batching thread if it is not running; call with the lock held."""
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="ssd-serve-batcher", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        """Finish the batch in hand, then answer every request still queued with 503 (shutting down)."""
-        with self._lock:
-            self._closed = True
-        self._stop.set()
-        try:
-            self.queue.put_nowait(None)
-        except queue.Full:
-            pass
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        while True:
-            try:
-                job = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None and job.future.set_running_or_notify_cancel():
-                job.future.set_exception(HTTPProblem(503, "the service is shutting down; retry later"))
-
-    def submit(self, job: _Job) -> concurrent.futures.Future:
-        # Checked and queued under the lock that stop() takes to close: no job slips in after the final drain.
-        with self._lock:
-            if self._closed:
-                raise HTTPProblem(503, "the service is shutting down; retry later")
-            self._ensure_running()
-            try:
-                self.queue.put_nowait(job)
-            except queue.Full:
-                raise HTTPProblem(503, f"busy: {self.queue.maxsize} requests are already waiting; retry later") from None
-        return job.future
-
-    def _collect(self, first: _Job) -> list[_Job]:
-        jobs = [first]
-        deadline = time.monotonic() + self.window_s
-        while len(jobs) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            try:
-                job = self.queue.get_nowait() if remaining <= 0 else self.queue.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if job is None:  # stop()'s wake-up: it has set _stop already (unless a start() cleared it since)
-                break
-            jobs.append(job)
-        return jobs
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                first = self.queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if first is None:
-                if self._stop.is_set():
-                    break
-                continue  # a stop() that a start() has since cancelled
-            jobs = [j for j in self._collect(first) if j.future.set_running_or_notify_cancel()]
-            if jobs:
-                self._serve(jobs)
-
-    def _serve(self, jobs: list[_Job]) -> None:
-        """Answer every job: the batch in one pass or, when that pass fails, each half again (bisection, about
-        2 log2(n) extra passes for one bad job in n), so that a job that cannot be served (whatever the reason)
-        fails by itself with a 500 and its neighbours get the answers they would have got alone. Never raises:
-        the thread keeps serving."""
-        try:
-            results = self._detect(jobs)
-        except Exception as err:
-            if len(jobs) > 1:
-                self.count("batches_split_after_a_failure")
-                half = len(jobs) // 2
-                self._serve(jobs[:half])
-                self._serve(jobs[half:])
-                return
-            self.errors.report(err, "detection")
-            jobs[0].future.set_exception(HTTPProblem(500, f"detection failed: {type(err).__name__}"))
-            return
-        with self._lock:
-            self.counters["batches"] += 1
-            self.counters["batched_images"] += len(jobs)
-            self.counters["max_batch_seen"] = max(self.counters["max_batch_seen"], len(jobs))
-            self.batch_sizes[len(jobs)] = self.batch_sizes.get(len(jobs), 0) + 1
-        for j, r in zip(jobs, results):
-            j.future.set_result(r)
-
-    def _detect(self, jobs: list[_Job]):
-        """One forward pass for all jobs, each job's own settings in the decoding: the Detector's steps."""
-        images = [j.image for j in jobs]
-        return self.detector.finish(self.detector.run_batch(images), images, [j.settings for j in jobs])
 
 
 # --- settings ---------------------------------------------------------------------------------------
@@ -490,7 +273,7 @@ def _add_error_handlers(app, batcher: Batcher) -> None:
 
     @app.exception_handler(HTTPProblem)
     async def _on_problem(request, exc: HTTPProblem):
-        batcher.count(counter.get(exc.status, "client_errors" if exc.status < 500 else "server_errors"))
+        batcher.count(exc.counter or counter.get(exc.status, "client_errors" if exc.status < 500 else "server_errors"))
         return problem(exc.status, exc.message)
 
     @app.exception_handler(StarletteHTTPException)
@@ -504,6 +287,65 @@ def _add_error_handlers(app, batcher: Batcher) -> None:
         return problem(500, f"internal error: {type(exc).__name__}")
 
 
+class DetectEndpoint:
+    """``POST /detect``: read the upload (within ``body_timeout_s``), check its settings, reserve its pixels before
+    decoding it, queue it for the batcher and answer; every failure is an :class:`HTTPProblem` (see the module
+    docstring), a 500 answered here so that the connection stays open."""
+
+    def __init__(self, detector, limits: ServeLimits, batcher: Batcher) -> None:
+        self.detector, self.limits, self.batcher = detector, limits, batcher
+        self.pixels = PixelBudget(limits.max_pixels_in_flight)
+
+    async def __call__(self, request) -> dict[str, Any]:
+        from starlette.requests import ClientDisconnect
+
+        self.batcher.count("requests")
+        try:
+            return await self._answer(request)
+        except HTTPProblem:
+            raise
+        except ClientDisconnect:
+            raise HTTPProblem(CLIENT_CLOSED, "the client closed the connection") from None
+        except Exception as err:  # a 500 answered here keeps the connection open (a handler of Exception closes it)
+            self.batcher.errors.report(err, "/detect")
+            raise HTTPProblem(500, f"internal error: {type(err).__name__}") from err
+
+    async def _answer(self, request) -> dict[str, Any]:
+        limits = self.limits
+        try:
+            data, name, params = await asyncio.wait_for(_image_and_params(request, limits.max_upload_bytes),
+                                                        timeout=limits.body_timeout_s)  # fmt: skip
+        except asyncio.TimeoutError:
+            raise HTTPProblem(408, f"the upload did not arrive within {limits.body_timeout_s:g} s",
+                              counter="upload_timeouts") from None  # fmt: skip
+        settings, annotated = parse_settings(params, self.detector)
+        pixels, _ = upload_pixels(data, name, limits.max_pixels)
+        try:
+            async with self.pixels.hold(pixels, limits.request_timeout_s):  # room for it before it is decoded
+                return await self._detect(data, name, settings, annotated)
+        except TimeoutError:
+            raise HTTPProblem(503, f"busy: no room for {pixels} more decoded pixels within {limits.request_timeout_s:g} s",
+                              counter="rejected_pixels_busy") from None  # fmt: skip
+
+    async def _detect(self, data: bytes, name: str, settings: DetectSettings, annotated: bool) -> dict[str, Any]:
+        from starlette.concurrency import run_in_threadpool
+
+        timeout_s = self.limits.request_timeout_s
+        image = await run_in_threadpool(decode_upload, data, name, self.limits.max_pixels)
+        prepared = await run_in_threadpool(self.detector.prepare, image, name)
+        fut = self.batcher.submit(Job(image=prepared, settings=settings))
+        try:
+            dets = await asyncio.wait_for(asyncio.wrap_future(fut), timeout=timeout_s)
+        except asyncio.TimeoutError:
+            fut.cancel()
+            raise HTTPProblem(504, f"no answer within {timeout_s:g} s (the service is overloaded)") from None
+        out = {**dets.to_dict(), "settings": settings.decoding_dict()}
+        if annotated:
+            out["annotated_png"] = await run_in_threadpool(_annotated_png, image, dets)
+        self.batcher.count("completed")
+        return out
+
+
 def create_app(detector, limits: ServeLimits | None = None, *, checkpoint_format_version: int | None = None):
     """A FastAPI app serving ``detector`` (a :class:`ssd.detector.Detector`) within ``limits`` (default
     :class:`ServeLimits`); see the module docstring."""
@@ -513,9 +355,6 @@ def create_app(detector, limits: ServeLimits | None = None, *, checkpoint_format
     from fastapi import FastAPI, Request
     from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
-    from starlette.concurrency import run_in_threadpool
-    from starlette.requests import ClientDisconnect
-
     limits = ServeLimits() if limits is None else limits
     batcher = Batcher(detector, window_s=limits.batch_window_ms / 1000.0, max_batch=limits.max_batch,
                       queue_size=limits.queue_size)  # fmt: skip
@@ -533,35 +372,11 @@ def create_app(detector, limits: ServeLimits | None = None, *, checkpoint_format
     info = model_info(detector, checkpoint_format_version)
     _add_error_handlers(app, batcher)
 
+    endpoint = DetectEndpoint(detector, limits, batcher)
+
     @app.post("/detect")
     async def detect(request: Request):
-        batcher.count("requests")
-        try:
-            return await _answer(request)
-        except HTTPProblem:
-            raise
-        except ClientDisconnect:
-            raise HTTPProblem(CLIENT_CLOSED, "the client closed the connection") from None
-        except Exception as err:  # a 500 answered here keeps the connection open (a handler of Exception closes it)
-            batcher.errors.report(err, "/detect")
-            raise HTTPProblem(500, f"internal error: {type(err).__name__}") from err
-
-    async def _answer(request: Request) -> dict[str, Any]:
-        data, name, params = await _image_and_params(request, limits.max_upload_bytes)
-        settings, annotated = parse_settings(params, detector)
-        image = await run_in_threadpool(decode_upload, data, name, limits.max_pixels)
-        prepared = await run_in_threadpool(detector.prepare, image, name)
-        fut = batcher.submit(_Job(image=prepared, settings=settings))
-        try:
-            dets = await asyncio.wait_for(asyncio.wrap_future(fut), timeout=limits.request_timeout_s)
-        except asyncio.TimeoutError:
-            fut.cancel()
-            raise HTTPProblem(504, f"no answer within {limits.request_timeout_s:g} s (the service is overloaded)") from None
-        out = {**dets.to_dict(), "settings": settings.decoding_dict()}
-        if annotated:
-            out["annotated_png"] = await run_in_threadpool(_annotated_png, image, dets)
-        batcher.count("completed")
-        return out
+        return await endpoint(request)
 
     @app.get("/health")
     async def health():
@@ -573,7 +388,8 @@ def create_app(detector, limits: ServeLimits | None = None, *, checkpoint_format
 
     @app.get("/stats")
     async def stats():
-        return batcher.stats()
+        pixels = endpoint.pixels
+        return {**batcher.stats(), "pixels_in_flight": pixels.in_use, "max_pixels_in_flight": pixels.capacity}
 
     @app.get("/", include_in_schema=False)
     async def index():

@@ -45,12 +45,21 @@ def register(sub) -> None:
                    help=f"requests waiting at most; more get 503 (default {d.queue_size})")
     p.add_argument("--timeout", type=positive(float), default=d.request_timeout_s, metavar="S",
                    help=f"seconds a request may wait for its answer; then 504 (default {d.request_timeout_s:g})")
+    p.add_argument("--max-pixels-in-flight", type=positive(int), default=d.max_pixels_in_flight, metavar="N",
+                   help="decoded pixels of all requests together; a request waits for room before its image is "
+                   f"decoded, then 503 (default {d.max_pixels_in_flight}, about {3 * d.max_pixels_in_flight / 2**20:.0f} MiB)")  # fmt: skip
+    p.add_argument("--max-connections", type=positive(int), default=d.max_connections, metavar="N",
+                   help=f"open connections at most; requests beyond get 503 (default {d.max_connections})")
+    p.add_argument("--header-timeout", type=positive(float), default=d.header_timeout_s, metavar="S",
+                   help=f"seconds a connection has to send a request's headers; then it is closed (default {d.header_timeout_s:g})")
+    p.add_argument("--body-timeout", type=positive(float), default=d.body_timeout_s, metavar="S",
+                   help=f"seconds an upload may take to arrive; then 408 (default {d.body_timeout_s:g})")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssd.serve import ServeLimits, create_app, require_serve_dependencies
+    from ssd.serve import ServeLimits, create_app, require_serve_dependencies, server_config
     from ssd.settings import DECODING_SETTINGS, DetectSettings
 
     require_serve_dependencies()
@@ -71,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     limits = ServeLimits(
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, queue_size=args.queue_size,
-        request_timeout_s=args.timeout,
+        request_timeout_s=args.timeout, max_pixels_in_flight=args.max_pixels_in_flight,
+        max_connections=args.max_connections, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
     )  # fmt: skip
     app = create_app(detector, limits, checkpoint_format_version=version)
     try:
@@ -83,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"ssd serve: {detector!r}", file=sys.stderr)
     print(f"ssd serve: open http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}/", file=sys.stderr)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.Server(server_config(app, limits, host=args.host, port=args.port, log_level=args.log_level)).run()
     except OSError as err:
         raise SSDError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from err
     return 0

@@ -1,0 +1,148 @@
+"""The service's limits and the guards that hold them, so that what a client sends bounds what it costs:
+
+::
+
+    connection  -- at most max_connections open (then 503); its request line and headers within
+                   header_timeout_s of connecting or of its previous answer (else closed)
+    upload      -- at most max_upload_bytes (413), arrived within body_timeout_s (408)
+    image       -- width x height from the header, at most max_pixels (413); then PixelBudget.hold reserves
+                   those pixels among max_pixels_in_flight *before* decoding (waits up to request_timeout_s,
+                   then 503), and frees them once answered: concurrent uploads cannot multiply memory
+    queue       -- at most queue_size requests waiting for the network (503), answered within
+                   request_timeout_s (504)
+
+:func:`server_config` is the uvicorn configuration that sets the connection-level limits (``ssd serve`` and the
+tests run it). Nothing here imports torch: ``ssd serve --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from ssd.errors import SSDError
+
+__all__ = ["HTTPProblem", "PixelBudget", "ServeLimits", "server_config"]
+
+
+class HTTPProblem(Exception):
+    """An error answer: status code, one-line message, and the ``/stats`` counter it adds to (default: by status)."""
+
+    def __init__(self, status: int, message: str, counter: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.counter = counter
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """The service's limits (see the module docstring for where each applies). Validated on construction.
+
+    ``max_upload_bytes`` and ``max_pixels`` bound one request; ``max_pixels_in_flight`` bounds the decoded images
+    of all requests together (at least ``max_pixels``); ``batch_window_ms`` is how long the batcher waits for
+    more requests (0: no wait), ``max_batch`` the images per forward pass; ``queue_size`` requests may wait;
+    ``max_connections`` may be open; ``header_timeout_s``, ``body_timeout_s`` and ``request_timeout_s`` bound
+    how long a client may take to send its headers and its upload, and the service to answer.
+    """
+
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_pixels_in_flight: int = 120_000_000
+    batch_window_ms: float = 5.0
+    max_batch: int = 16
+    queue_size: int = 64
+    max_connections: int = 256
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    request_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "max_pixels", "max_pixels_in_flight", "max_batch", "queue_size",
+                     "max_connections"):  # fmt: skip
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SSDError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("batch_window_ms", "header_timeout_s", "body_timeout_s", "request_timeout_s"):
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            low_ok = v >= 0 if name == "batch_window_ms" else v > 0
+            if not ok or not low_ok:
+                kind = "non-negative" if name == "batch_window_ms" else "positive"
+                raise SSDError(f"{name} must be a {kind} number, got {v!r}")
+        if self.max_pixels_in_flight < self.max_pixels:
+            raise SSDError(f"max_pixels_in_flight ({self.max_pixels_in_flight}) must be at least max_pixels "
+                           f"({self.max_pixels}): an image at the limit could never be admitted")  # fmt: skip
+
+
+class PixelBudget:
+    """Decoded pixels in flight, bounded by ``capacity``: :meth:`hold` reserves an image's pixels (known from its
+    header) before it is decoded, waiting for room, and frees them when the request is done. Used from one
+    event loop."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+        self._changed: asyncio.Condition | None = None
+
+    @contextlib.asynccontextmanager
+    async def hold(self, pixels: int, timeout_s: float) -> AsyncIterator[None]:
+        """Reserve ``pixels`` (at most ``capacity``) for the body of the ``async with``; raises
+        :class:`TimeoutError` when no room frees up within ``timeout_s``."""
+        pixels = min(pixels, self.capacity)
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.in_use + pixels <= self.capacity), timeout_s)
+            except asyncio.TimeoutError as err:  # the same class from Python 3.11 on, not before
+                raise TimeoutError(f"no room for {pixels} pixels within {timeout_s:g} s") from err
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.in_use -= pixels
+                self._changed.notify_all()
+
+
+def _guarded_h11_protocol(header_timeout_s: float) -> type:
+    """uvicorn's h11 protocol with a deadline on each request's head: a connection that has not sent a complete
+    request line and headers within ``header_timeout_s`` of connecting, or of its previous answer, is closed.
+    (uvicorn times idle keep-alive connections out, but not one that trickles its headers a byte at a time.)"""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _deadline = 0
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_deadline()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_deadline()
+
+        def _arm_header_deadline(self) -> None:
+            self._deadline += 1
+            asyncio.get_running_loop().call_later(header_timeout_s, self._enforce_header_deadline, self._deadline)
+
+        def _enforce_header_deadline(self, deadline: int) -> None:
+            waiting_for_head = self.conn.their_state is h11.IDLE
+            if deadline == self._deadline and waiting_for_head and not self.transport.is_closing():
+                self.transport.close()
+
+    return GuardedH11Protocol
+
+
+def server_config(app: Any, limits: ServeLimits, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any):
+    """A ``uvicorn.Config`` for ``app`` with ``limits``' connection limits: at most ``max_connections`` open
+    (uvicorn answers 503 beyond), the header deadline, and h11 (whose parser the deadline hooks into)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, http=_guarded_h11_protocol(limits.header_timeout_s),
+                          limit_concurrency=limits.max_connections, **kwargs)  # fmt: skip
