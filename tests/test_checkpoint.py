@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import pickle
 import subprocess
@@ -93,3 +94,60 @@ def test_cli_info_and_errors(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("ssd: error:") and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+Pair = collections.namedtuple("Pair", "a b")  # at module level: pickle finds it
+
+
+def _oracle_cases() -> dict[str, object]:
+    import pathlib
+
+    import numpy as np
+
+    return {
+        "numpy scalar": np.float64(1), "numpy array": np.zeros(2), "numpy int": np.int64(3), "object": object(),
+        "path": pathlib.Path("x"), "named tuple": Pair(1, 2), "range": range(3), "slice": slice(1),
+        "nested": {"a": [1, (2, 3.0)], 3: None, (1, 2): {4}}, "tensor": torch.zeros(2),
+        "parameter": torch.nn.Parameter(torch.zeros(1)), "bf16": torch.zeros(1, dtype=torch.bfloat16),
+        "ordered": collections.OrderedDict(a=1), "text": "s", "bytes": b"b", "dtype": torch.float32,
+        "device": torch.device("cpu"), "size": torch.Size([2]), "set": {1, 2}, "complex": 1j, "float key": {1.5: 1},
+        "array deep inside": {"a": [1, {"b": np.zeros(1)}]}, "path as a key": {pathlib.Path("k"): 1},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(_oracle_cases()))
+def test_save_refuses_exactly_what_loading_would_refuse(tmp_path, name):
+    """torch's own weights_only loader is the oracle: what it cannot rebuild, save_checkpoint refuses to write
+    (naming where it sits), and what it rebuilds, save_checkpoint writes and load_checkpoint reads back."""
+    import io
+
+    value = _oracle_cases()[name]
+    buf = io.BytesIO()
+    torch.save({"x": value}, buf)
+    buf.seek(0)
+    try:
+        torch.load(buf, weights_only=True)
+        refused_by_torch = False
+    except pickle.UnpicklingError:
+        refused_by_torch = True
+    model = build_model("small", 1)
+    if refused_by_torch:
+        with pytest.raises(CheckpointError, match=r"cannot save extra\b.*\(weights_only\) would refuse"):
+            save_checkpoint(model, tmp_path / "m.ckpt", extra=value)
+        assert not (tmp_path / "m.ckpt").exists()
+    else:
+        save_checkpoint(model, tmp_path / "m.ckpt", extra=value)
+        assert "extra" in load_checkpoint(tmp_path / "m.ckpt")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_honour_the_umask_and_keep_a_replaced_files_mode(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(build_model("small", 1), tmp_path / "m.ckpt")
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+        path.chmod(0o640)
+        save_checkpoint(build_model("small", 1), path)  # a rewrite keeps the mode the file had
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)

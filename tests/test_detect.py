@@ -474,10 +474,13 @@ def test_detector_on_a_model_and_bad_inputs(checkpoint, tmp_path):
         (torch.full((3, 4, 4), 255.0), r"in \[0, 1\]"),
         (torch.zeros(5, 4, 4, dtype=torch.uint8), "3 x H x W"),
         (np.zeros((0, 4, 3), np.uint8), "empty image"),
+        (np.zeros((0, 4, 3), np.float32), "empty image"),  # float images: checked before their range
+        (torch.rand(3, 0, 10), "empty image"),
         (42, "cannot detect in a int"),
     ]:
         with pytest.raises(SSDError, match=match):
             det(bad)
+    assert det([]) == []  # an empty batch is an empty answer
     with pytest.raises(SSDError, match="not found"):
         Detector.from_checkpoint(tmp_path / "nope.pt", device="cpu")
     with pytest.raises(SSDError, match="not a device"):

@@ -149,3 +149,30 @@ def test_gradients_flow_end_to_end():
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert F.mse_loss(out.total, out.cls + out.loc) == 0
+
+
+@pytest.mark.parametrize(
+    "images, match",
+    [
+        (torch.rand(1, 3, 100, 100), r"must be a tensor \(N, 3, 192, 192\).*got \(1, 3, 100, 100\)"),
+        (torch.rand(3, 192, 192), r"got \(3, 192, 192\)"),
+        (torch.rand(1, 1, 192, 192), r"got \(1, 1, 192, 192\)"),
+        (torch.zeros(1, 3, 192, 192, dtype=torch.uint8), "floating point"),
+        ([torch.rand(3, 192, 192)], "got list"),
+    ],
+)
+def test_detect_refuses_inputs_the_model_cannot_read(images, match):
+    """Another input size lays out other priors: the boxes would be silently wrong, so it is refused in one line."""
+    model = build_model("small", 2).eval()
+    with pytest.raises(SSDError, match=match) as err:
+        model.detect(images)
+    assert "\n" not in str(err.value)
+
+
+def test_detect_checks_settings_and_takes_an_empty_batch():
+    model = build_model("small", 2).eval()
+    assert model.detect(torch.rand(0, 3, 192, 192)) == []
+    with pytest.raises(SSDError, match="min_score must be in"):
+        model.detect(torch.rand(1, 3, 192, 192), min_score=2)
+    with pytest.raises(SSDError, match="top_k must be at most the model's 3458 priors"):
+        model.detect(torch.rand(1, 3, 192, 192), top_k=10**9)

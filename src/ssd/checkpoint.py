@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import time
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,6 +25,7 @@ import torch
 
 from ssd.config import ModelConfig
 from ssd.errors import CheckpointError
+from ssd.paths import write_atomically
 
 FORMAT = "ssd-checkpoint"
 FORMAT_VERSION = 1
@@ -34,34 +35,16 @@ PAUSE_ENV = "SSD_FAULT_PAUSE_CHECKPOINT_WRITE"
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``
+    (:func:`ssd.paths.write_atomically`): a crash at any point leaves either the previous file or the new one."""
 
-    A crash at any point leaves either the previous file or the new one, never a torn file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+    def write(f) -> None:
+        torch.save(obj, f)
         pause = os.environ.get(PAUSE_ENV)
         if pause:
             time.sleep(float(pause))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass  # not every file system lets a directory be fsynced
-    return path
+
+    return write_atomically(path, write)
 
 
 def make_checkpoint(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
@@ -79,8 +62,35 @@ def make_checkpoint(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
     clash = set(ckpt) & set(extra)
     if clash:
         raise ValueError(f"extra entries clash with reserved keys: {sorted(clash)}")
+    for key, value in extra.items():
+        problem = not_plain_data(value, key)
+        if problem:
+            raise CheckpointError(f"cannot save {problem}: loading (weights_only) would refuse the file; save plain "
+                                  "tensors, numbers, strings and lists, tuples and dicts of them")  # fmt: skip
     ckpt.update(extra)
     return ckpt
+
+
+_PLAIN_LEAVES = (str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device, torch.Size)
+_PLAIN_CONTAINERS = (list, tuple, set, frozenset, dict, OrderedDict)
+
+
+def not_plain_data(obj: Any, where: str) -> str | None:
+    """Where ``obj`` holds something that ``torch.load(weights_only=True)`` refuses to rebuild (a numpy value, a
+    path, any other class), as ``"where[key][i]: a TypeName"``; None when it is all plain data. Exact types:
+    a subclass (a named tuple, a tensor subclass) is refused as weights_only refuses it."""
+    if type(obj) in (torch.Tensor, torch.nn.Parameter) or type(obj) in _PLAIN_LEAVES:
+        return None
+    if type(obj) not in _PLAIN_CONTAINERS:
+        return f"{where}: a {type(obj).__module__}.{type(obj).__qualname__}"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+    for key, value in items:
+        problem = (not_plain_data(key, f"{where} (a key)") if isinstance(obj, dict) else None) or not_plain_data(
+            value, f"{where}[{key!r}]"
+        )
+        if problem:
+            return problem
+    return None
 
 
 def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, **extra: Any) -> Path:

@@ -59,7 +59,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -171,17 +170,12 @@ def _to_onnx(wrapper: nn.Module, image_size: int, opset: int, batch: int | None)
 
 
 def write_atomically(data: bytes, path: Path) -> None:
-    """``data`` to ``path`` through a temporary file and a rename: a reader never sees half a model."""
+    """``data`` to ``path`` through a temporary file and a rename (:func:`ssd.paths.write_atomically`): a reader
+    never sees half a model. A failure is an :class:`SSDError` naming the file."""
+    from ssd.paths import write_atomically as write_file
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_file(path, lambda f: f.write(data))
     except OSError as err:
         raise SSDError(f"{path}: cannot write ({err.strerror or err})") from err
 

@@ -20,9 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssd.config import ModelConfig, get_preset
+from ssd.errors import SSDError
 from ssd.placement import InferencePlacement
 from ssd.postprocess import Detections, postprocess
 from ssd.priors import priors_for
+from ssd.settings import DetectSettings
 
 
 class SSDOutput(NamedTuple):
@@ -190,6 +192,17 @@ class SSD(nn.Module):
             logits.append(cls_head(fmap).permute(0, 2, 3, 1).reshape(n, -1, self.config.num_classes))
         return SSDOutput(torch.cat(locs, dim=1), torch.cat(logits, dim=1))
 
+    def check_images(self, images: Tensor) -> None:
+        """A one-line :class:`SSDError` unless ``images`` is a floating-point batch (N, 3, S, S), S the model's
+        input size (other sizes lay out other priors: the boxes would be wrong, not refused)."""
+        s = self.config.image_size
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        if not isinstance(images, Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != (3, s, s):
+            raise SSDError(f"images must be a tensor (N, 3, {s}, {s}), RGB in [0, 1] resized to the model's input, "
+                           f"got {shape}; ssd.Detector takes images of any size")  # fmt: skip
+        if not images.is_floating_point():
+            raise SSDError(f"images must be floating point RGB in [0, 1], not {images.dtype}; ssd.Detector takes uint8")
+
     @torch.no_grad()
     def detect(
         self,
@@ -207,6 +220,12 @@ class SSD(nn.Module):
         ``xyxy_abs`` in those pixels. Defaults are the paper's test settings. The model's mode is restored
         afterwards and its memory format left as it is.
         """
+        self.check_images(images)
+        DetectSettings(min_score=min_score, max_overlap=max_overlap, top_k=top_k).check_model(
+            self.config.class_names, self.config.num_priors
+        )  # the ranges, one-line errors
+        if images.shape[0] == 0:
+            return []
         with InferencePlacement(self, channels_last=False) as placed:
             loc_offsets, cls_logits = placed.model(placed.inputs(images))
         return postprocess(

@@ -1,5 +1,6 @@
-"""Path rules for every command: no output path may be one of the command's inputs, and no file name read from a
-dataset file leaves the folder it names a file in.
+"""Path rules for every command: no output path may be one of the command's inputs, no file name read from a
+dataset file leaves the folder it names a file in, and every file is written whole or not at all
+(:func:`write_atomically`).
 
 Each command lists the files it will write (with the option that names them) and the files it reads, and calls
 :func:`refuse_to_overwrite_inputs` before any work, so a typo such as ``ssd export model.ckpt model.ckpt`` or
@@ -9,12 +10,13 @@ Each command lists the files it will write (with the option that names them) and
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import IO, Callable, Iterable
 
 from ssd.errors import SSDError
 
-__all__ = ["refuse_to_overwrite_inputs", "stays_inside"]
+__all__ = ["refuse_to_overwrite_inputs", "stays_inside", "write_atomically"]
 
 
 def _file_identity(path: Path) -> tuple[str, tuple[int, int] | None]:
@@ -57,3 +59,58 @@ def stays_inside(name: str) -> bool:
     if posix.is_absolute() or windows.is_absolute() or windows.drive or name.startswith(("/", "\\")):
         return False
     return ".." not in posix.parts and ".." not in windows.parts
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (``os.umask`` sets it to read it,
+    which another thread creating a file at that moment would feel)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None], *, sync: bool = True) -> Path:
+    """``write(f)`` into a temporary file beside ``path``, then (fsynced, with ``sync``) renamed over it: a crash
+    at any point leaves the previous file or the new one, never a torn file. The file gets the permissions a plain
+    ``open`` would give it (those of the file it replaces, or 0o666 less the umask; a temporary file alone
+    would be 0o600). OSError propagates; the temporary file is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except OSError:
+        mode = 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):  # not on Windows, where the umask does not apply
+                os.fchmod(f.fileno(), mode)
+            write(f)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if sync:
+        _fsync_folder(path.parent)
+    return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # not every file system lets a folder be fsynced

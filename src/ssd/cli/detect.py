@@ -18,14 +18,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from ssd.cli.checks import add_setting_options, create_dirs, settings_from_args, writable_dir, writable_file
 from ssd.errors import SSDError
-from ssd.paths import refuse_to_overwrite_inputs
+from ssd.paths import refuse_to_overwrite_inputs, write_atomically
 
 EXIT_SOME_FAILED = 1
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".tar", ".bin")
@@ -154,30 +153,15 @@ def _unique_outputs(items: list[tuple[Path, Path]]) -> list[Path]:
 
 def _save(image, path: Path) -> None:
     fmt = _PIL_FORMATS.get(path.suffix.lower(), "PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     if fmt in ("JPEG", "BMP") and image.mode != "RGB":
         image = image.convert("RGB")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=fmt, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda f: image.save(f, format=fmt, **kwargs), sync=False)
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(payload, indent=1, ensure_ascii=False) + "\n"
+    write_atomically(path, lambda f: f.write(text.encode("utf-8")), sync=False)
 
 
 def _load_detector(v: dict[str, Any]):

@@ -23,6 +23,8 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def _float_to_uint8(x: Tensor, source: str) -> Tensor:
+    if x.numel() == 0:
+        raise SSDError(f"{source}: empty image (shape {tuple(x.shape)})")
     if not torch.isfinite(x).all():
         raise SSDError(f"{source}: the float image holds NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())

@@ -26,7 +26,7 @@ from typing import Iterable, Literal, Sequence
 import numpy as np
 
 from ssd.errors import SSDError
-from ssd.paths import stays_inside
+from ssd.paths import stays_inside, write_atomically
 
 INDEX_FORMAT = "ssd-index"
 INDEX_VERSION = 1
@@ -126,10 +126,8 @@ class DatasetIndex:
             "inclusive [xmin, ymin, xmax, ymax] is stored as [xmin - 1, ymin - 1, xmax, ymax]",
             "images": [r.to_json() for r in self.images],
         }
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(payload, separators=(",", ":")))
-        os.replace(tmp, path)
-        return path
+        text = json.dumps(payload, separators=(",", ":"))
+        return write_atomically(path, lambda f: f.write(text.encode("utf-8")), sync=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DatasetIndex":
