@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from ssd.version import __version__
-from ssd.errors import SSDError
+from ssd.errors import SSDError, os_error_message
 
 COMMAND_MODULES: tuple[str, ...] = ("demo", "data", "train", "evaluate", "detect", "serve", "export", "convert")
 """Sub-command modules of this package, in the order ``ssd --help`` lists them."""
@@ -110,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SSDError as e:
         print(f"ssd: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as e:  # a full disk, a read-only folder, a file gone: the machine's state, said in one line
+        print(f"ssd: error: {os_error_message(e)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("ssd: interrupted", file=sys.stderr)

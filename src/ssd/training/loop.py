@@ -155,7 +155,13 @@ def _run_steps(cfg, schedule, runtime: Runtime, state: RunState, data: DataStrea
     except _StopAtBoundary:
         # Between steps: the model, optimiser and step counter agree, so the state can be saved.
         run_log.close()
-        state.save(step)
+        try:
+            state.save(step)
+        except KeyboardInterrupt:  # a second Ctrl-C while saving: the write is abandoned whole (atomic)
+            raise TrainingStopped(
+                f"interrupted again while saving step {step}: not saved; the last checkpoint is "
+                f"{result.checkpoint if result.checkpoint.exists() else 'not written yet'}, intact"
+            ) from None
         raise TrainingStopped(
             f"interrupted at step {step}; state saved to {result.checkpoint}. Continue with: ssd train --resume {result.checkpoint}"
         ) from None

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ssd.checkpoint import CheckpointError, atomic_torch_save, make_checkpoint, save_checkpoint
-from ssd.errors import TrainingDiverged
+from ssd.errors import SSDError, TrainingDiverged, os_error_message
 from ssd.training.config import Schedule, TrainConfig
 from ssd.training.step import StepHealth, TrainStep, all_finite
 
@@ -155,13 +155,22 @@ class RunState:
             extra["scaler"] = self.step_fn.scaler.state_dict()
         if self.best_eval is not None:
             extra["best_eval"] = self.best_eval
-        atomic_torch_save(make_checkpoint(self.model, **extra), self.guard.last_path)
+        path = self.guard.last_path
+        try:
+            atomic_torch_save(make_checkpoint(self.model, **extra), path)
+        except OSError as err:  # a full disk, a folder made read-only: the file on disk is the previous one, whole
+            kept = f"{path} is the previous one, intact" if path.exists() else "no checkpoint was written yet"
+            raise SSDError(f"cannot save step {at_step}: {os_error_message(err, path)}; {kept}") from err
 
     def keep_if_best(self, m_ap: float, step: int, split: str) -> bool:
         """Write best.ckpt (the weights, with ``eval``: mAP, step and split) when ``m_ap`` beats every earlier
         evaluation of the run; returns whether it did. Rank 0 only."""
         if not self.is_main or (self.best_eval is not None and m_ap <= self.best_eval["mAP"]):
             return False
-        self.best_eval = {"mAP": float(m_ap), "step": int(step), "split": split}
-        save_checkpoint(self.model, self.guard.last_path.with_name("best.ckpt"), eval=self.best_eval)
+        best, path = {"mAP": float(m_ap), "step": int(step), "split": split}, self.guard.last_path.with_name("best.ckpt")
+        try:
+            save_checkpoint(self.model, path, eval=best)
+        except OSError as err:
+            raise SSDError(f"cannot save the best weights at step {step}: {os_error_message(err, path)}") from err
+        self.best_eval = best
         return True
