@@ -1,8 +1,11 @@
 """Reading image files: every decoder the library uses, with clear errors.
 
-torchvision's decoders (libjpeg-turbo, libpng) first, Pillow for what they refuse or do not know (CMYK JPEG,
-BMP, TIFF, WebP, GIF); 16-bit images are scaled to 8 bits, greyscale and palette images expanded to RGB,
-alpha dropped. Every failure is an :class:`~ssd.errors.SSDError` naming the file and the reason.
+JPEG through torchvision's decoder (libjpeg-turbo: the fastest here, and what ``ssd eval`` reads with), every other
+format (PNG, BMP, TIFF, WebP, GIF) and what torchvision refuses (CMYK JPEG) through Pillow. PNG stays with Pillow
+because torchvision's libpng binding crashes the process (SIGSEGV) on a PNG whose compressed data is damaged
+(torchvision 0.29: ``libpng error: IDAT: incorrect data check``), which an upload to ``ssd serve`` could exploit;
+Pillow refuses the same file with an error. 16-bit images are scaled to 8 bits, greyscale and palette images
+expanded to RGB, alpha dropped. Every failure is an :class:`~ssd.errors.SSDError` naming the file and the reason.
 """
 
 from __future__ import annotations
@@ -104,40 +107,29 @@ def decode_image_bytes(data: bytes, source: str = "image", upright: bool = True)
 
     # Pillow reads the header only: the format, the size, and the decompression-bomb check.
     pil_error: Exception | None = None
+    header_format = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)):
-                pass
+            with Image.open(io.BytesIO(data)) as im:
+                header_format = im.format
     except Image.DecompressionBombError as e:
         raise SSDError(f"{p}: image too large ({e})") from e
     except UnidentifiedImageError as e:
         pil_error = e
     except Exception as e:  # a header Pillow cannot parse
         pil_error = e
-
-    try:  # torchvision's decoders (libjpeg-turbo, libpng): fast, and what `ssd eval` reads with
-        from torchvision.io import ImageReadMode, decode_image
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            image = decode_image(
-                torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
-                apply_exif_orientation=upright,
-            )  # fmt: skip
-        if image.dtype != torch.uint8:  # 16-bit PNG
-            image = (image.float() / 257.0).round().clamp(0, 255).to(torch.uint8)
-        return _check_size(image, p)
-    except SSDError:
-        raise
-    except Exception:
-        pass
+    if header_format == "JPEG":
+        image = _decode_jpeg_torchvision(data, upright)
+        if image is not None:
+            return _check_size(image, p)
     if pil_error is not None:
-        reason = "not an image, or a format neither torchvision nor Pillow reads"
+        reason = "not an image, or a format Pillow does not read"
         raise SSDError(f"{p}: {reason} ({type(pil_error).__name__})") from pil_error
     try:
         with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as im:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im.load()  # every pixel now: a damaged file fails here, never inside the EXIF step's fallback below
             oriented = im
             if upright:
                 try:
@@ -152,6 +144,22 @@ def decode_image_bytes(data: bytes, source: str = "image", upright: bool = True)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         hint = " (truncated?)" if "truncated" not in msg.lower() and isinstance(e, OSError) else ""
         raise SSDError(f"{p}: cannot decode image{hint}: {type(e).__name__}: {msg[:200]}") from e
+
+
+def _decode_jpeg_torchvision(data: bytes, upright: bool) -> Tensor | None:
+    """A JPEG through torchvision's libjpeg-turbo binding, uint8 RGB; None where it refuses the file (CMYK, damaged:
+    Pillow then decodes it or says why). Never given other formats (see the module docstring)."""
+    try:
+        from torchvision.io import ImageReadMode, decode_image
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return decode_image(
+                torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                apply_exif_orientation=upright,
+            )  # fmt: skip
+    except Exception:
+        return None
 
 
 def _check_size(image: Tensor, source: str) -> Tensor:
