@@ -20,10 +20,12 @@ from ssd import CheckpointError, build_model, load_checkpoint, load_model, save_
 
 measures_memory = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc peak counter")
 
-PROLOGUE = """
+IMPORTS = """
 import sys, ssd, ssd.checkpoint, ssd.model, ssd.data.index
 def _kib(field):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+"""
+RESET = """
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # the peak resident size restarts from the current one
 _START = _kib("VmRSS")
@@ -32,11 +34,12 @@ REPORT = "\nprint('GROWTH_MIB', (_kib('VmHWM') - _START) / 1024)\n"
 MIB = 1024 * 1024
 
 
-def _growth_mib(code: str) -> tuple[float, str]:
-    """Run ``code`` after the imports in a fresh interpreter; how many MiB its resident memory grew at its peak,
-    and its output."""
+def _growth_mib(code: str, setup: str = "") -> tuple[float, str]:
+    """Run ``code`` in a fresh interpreter after the imports and ``setup``; how many MiB its resident memory grew
+    at its peak over what it held before ``code``, and its output."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    out = subprocess.run([sys.executable, "-c", PROLOGUE + textwrap.dedent(code) + REPORT],
+    program = IMPORTS + textwrap.dedent(setup) + RESET + textwrap.dedent(code) + REPORT
+    out = subprocess.run([sys.executable, "-c", program],
                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     growth = float(out.stdout.rsplit("GROWTH_MIB", 1)[1])
@@ -164,3 +167,47 @@ def test_an_image_with_an_absurd_object_count_is_skipped_within_a_multiple_of_th
     """)
     assert "KEPT ['1']" in out and "200000 objects, over the limit of 1000 (--max-objects)" in out
     assert growth < 8 * file_mib + 32, (growth, file_mib)  # the parsed JSON, nothing per object
+
+
+SERVE_SETUP = """
+import io, socket, threading, time
+from concurrent.futures import ThreadPoolExecutor
+import httpx
+from PIL import Image
+from ssd.detector import Detector
+from ssd.serve import ServeLimits, create_app, server_config
+import uvicorn
+buf = io.BytesIO()
+Image.new("RGB", (4000, 4000), (90, 30, 200)).save(buf, format="PNG")  # 16 Mpixels, 48 MiB decoded, 50 kB sent
+DATA = buf.getvalue()
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    PORT = s.getsockname()[1]
+limits = ServeLimits(max_pixels=16_000_000, max_pixels_in_flight=IN_FLIGHT, batch_window_ms=0, request_timeout_s=120)
+server = uvicorn.Server(server_config(create_app(Detector(ssd.build_model("small", 2)), limits), limits,
+                                     port=PORT, log_level="warning"))
+threading.Thread(target=server.run, daemon=True).start()
+while not server.started:
+    time.sleep(0.05)
+def send(k):
+    return httpx.post(f"http://127.0.0.1:{PORT}/detect", files={"image": (f"{k}.png", DATA)}, timeout=300).status_code
+assert send(0) == 200  # warm: thread pools, the model's first pass
+"""
+
+
+@measures_memory
+@pytest.mark.slow
+def test_concurrent_uploads_hold_the_decoded_pixels_the_limit_allows():
+    """Eight 16-Mpixel uploads at once: with room for one decoded image (48 MiB, and its copies while it is
+    prepared) the service's memory grows by a few hundred MiB at most; with room for all eight, by several times
+    that (the uploads themselves are 50 kB each)."""
+    sends = """
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(send, range(8)))
+        print("CODES", codes)
+        server.should_exit = True
+    """
+    one, out_one = _growth_mib(sends, SERVE_SETUP.replace("IN_FLIGHT", "16_000_000"))
+    eight, out_eight = _growth_mib(sends, SERVE_SETUP.replace("IN_FLIGHT", "128_000_000"))
+    assert all("CODES [200, 200, 200, 200, 200, 200, 200, 200]" in out for out in (out_one, out_eight))
+    assert one < 400 and eight > 3 * one, (one, eight)  # measured 2026-12-05: 228 and 1760 MiB
