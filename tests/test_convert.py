@@ -590,6 +590,36 @@ def test_torchvision_detections_equal(tv_model, tv_input, tv_features):
     assert ((theirs["boxes"] == 0) | (theirs["boxes"] == 300)).any()
 
 
+def test_a_converted_torchvision_model_detects_what_torchvision_detects_from_files(tv_model, tmp_path):
+    """From JPEG files, not ready-made tensors: torchvision's model is given the decoded image as floats (its
+    transform normalises and resizes them bilinearly, no antialiasing); ours, converted by ``ssd convert
+    torchvision --weights FILE``, is given the file through the Detector (the ``ssd300-torchvision`` preset resizes
+    as torchvision does). Same labels in the same order, scores within 1e-4, boxes within 0.01 px."""
+    import copy
+
+    from torchvision.io import read_image
+
+    from conftest import VOCMINI
+    from ssd.detector import Detector
+
+    tv = copy.deepcopy(tv_model)
+    with torch.no_grad():
+        for conv in tv.head.classification_head.module_list:
+            conv.weight.mul_(0.1)  # spread the scores: a few hundred distinct ones above 0.01 per image
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    assert main(["convert", "torchvision", str(tmp_path / "ours.ckpt"), "--weights", str(tmp_path / "tv.pth"),
+                 "--classes", ",".join(VOC_CLASSES)]) == 0  # fmt: skip
+    ours = Detector.from_checkpoint(tmp_path / "ours.ckpt", device="cpu", min_score=0.01, max_overlap=0.45, top_k=200)
+    files = sorted(need(VOCMINI / "JPEGImages").glob("*.jpg"))[:3]
+    with torch.no_grad():
+        theirs = tv([read_image(str(f)).float() / 255.0 for f in files])
+    for file, t in zip(files, theirs):
+        o = ours(file)
+        assert len(t["scores"]) == 200 and tuple(o.labels.tolist()) == tuple(t["labels"].tolist()), file.name
+        torch.testing.assert_close(torch.as_tensor(o.scores), t["scores"], rtol=0, atol=1e-4)
+        torch.testing.assert_close(torch.as_tensor(o.boxes), t["boxes"], rtol=0, atol=0.01)
+
+
 def test_torchvision_decoding_clamps_sizes():
     from torchvision.models.detection import _utils as det_utils
 

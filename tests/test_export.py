@@ -4,6 +4,7 @@ onnx/onnxscript/onnxruntime skip cleanly without them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import ssd
 import ssd.cli
 from conftest import VOCMINI, need
 from ssd.checkpoint import save_checkpoint
@@ -161,6 +163,7 @@ def test_onnx_metadata_and_dynamic_batch(onnx_file):
     assert meta["ssd.format"] == "ssd-onnx"
     assert json.loads(meta["ssd.class_names"]) == list(model.config.class_names)
     assert meta["ssd.image_size"] == "192" and meta["ssd.candidates_per_class"] == ""
+    assert meta["ssd.input_resize"] == "antialias" and "with antialiasing" in meta["ssd.input"]
     assert "postprocess_decoded" in meta["ssd.postprocess"]
     inp = proto.graph.input[0]
     assert inp.name == "images"
@@ -257,3 +260,25 @@ def test_fixed_batch_and_foreign_files(checkpoint, tmp_path, onnx_file):
         OnnxModel(tmp_path / "junk.onnx")
     with pytest.raises(SSDError, match="opset"):
         export_onnx(checkpoint, tmp_path / "x.onnx", opset=17)
+
+
+def test_onnx_files_carry_how_their_inputs_are_resized(tmp_path):
+    """A file from the ssd300-torchvision preset tells the Detector to resize as torchvision does; a file written
+    before the key existed reads as antialiased."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from ssd.detector import Detector
+    from ssd.export import OnnxModel, export_onnx
+
+    model = ssd.build_model("small", 2).eval()
+    bilinear = model.__class__(dataclasses.replace(model.config, input_resize="bilinear")).eval()
+    path = tmp_path / "b.onnx"
+    export_onnx(bilinear, path)
+    assert OnnxModel(path).input_resize == "bilinear" and Detector.from_onnx(path).input_resize == "bilinear"
+    proto = onnx.load(str(path))
+    kept = [p for p in proto.metadata_props if p.key != "ssd.input_resize"]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    onnx.save(proto, str(tmp_path / "old.onnx"))
+    assert OnnxModel(tmp_path / "old.onnx").input_resize == "antialias"

@@ -13,8 +13,8 @@ Presets (see :data:`PRESETS`):
     normalisation. The tutorial's checkpoints convert to it exactly.
 ``ssd300-torchvision``
     torchvision's ``ssd300_vgg16``: same network, its priors (scales 0.07 ... 0.87 and 1.05, steps 8 ...
-    300, widths and heights clipped), its normalisation and its decoding (size clamp, boxes clipped to
-    the image, 400 candidates per class).
+    300, widths and heights clipped), its normalisation, its resizing of inputs (bilinear on the float image, no
+    antialiasing) and its decoding (size clamp, boxes clipped to the image, 400 candidates per class).
 ``ssd512``
     The paper's SSD512 as the original Caffe code builds it (``ssd_pascal_512.py``: min/max sizes 7%/15% of 512
     px on conv4_3, then 15% ... 90% in steps of 15 with the next map's size as the max, steps 8 ... 512, priors
@@ -49,6 +49,7 @@ EXTRA = "extra"
 
 Ratio = Union[float, str]
 ClipMode = Literal["none", "wh", "all"]
+InputResize = Literal["antialias", "bilinear"]
 
 # Sane bounds, checked before anything is built, so that a small file (a checkpoint's configuration) cannot
 # describe a network that takes the machine. Each is far above any published SSD (SSD512: 24564 priors).
@@ -209,6 +210,9 @@ class ModelConfig:
         mean, std: RGB normalisation applied inside the model to inputs in [0, 1].
         l2norm_scale: initial per-channel scale of the L2-normalised conv4_3 features.
         decode: model-specific decoding rules.
+        input_resize: how an image is brought to S x S for this model (:func:`ssd.data.transforms.resize_for_model`):
+            ``"antialias"`` (ours: the uint8 image, antialiased) or ``"bilinear"`` (torchvision's detection transform:
+            the float image, bilinear, no antialiasing), so a converted model sees what it was trained on.
     """
 
     preset: str
@@ -223,8 +227,11 @@ class ModelConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     l2norm_scale: float = 20.0
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    input_resize: InputResize = "antialias"
 
     def __post_init__(self) -> None:
+        if self.input_resize not in ("antialias", "bilinear"):
+            raise SSDError(f"input_resize must be antialias or bilinear, not {self.input_resize!r}")
         if len(self.class_names) < 1:
             raise SSDError("a model needs at least one class")
         _check_int("number of classes", len(self.class_names), 1, MAX_CLASSES)
@@ -369,6 +376,7 @@ def _ssd300_torchvision(class_names: Sequence[str]) -> ModelConfig:
         mean=(0.48235, 0.45882, 0.40784),
         std=(1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0),
         decode=DecodeConfig(size_clamp=math.log(1000.0 / 16), clip_boxes=True, candidates_per_class=400),
+        input_resize="bilinear",
     )
 
 

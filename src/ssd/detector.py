@@ -145,7 +145,7 @@ def to_uint8_image(item: Any) -> tuple[Tensor, str]:
 @dataclass(frozen=True, eq=False)
 class PreparedImage:
     """One input ready for the network: ``pixels`` float32 (3, S, S) RGB in [0, 1] (the evaluation transform:
-    resized with antialiasing, as ``ssd eval``), the original ``image_size`` (height, width) and its ``source``."""
+    resized as the model expects, :func:`~ssd.data.transforms.resize_for_model`, as ``ssd eval`` does), the original ``image_size`` (height, width) and its ``source``."""
 
     pixels: Tensor
     image_size: tuple[int, int]
@@ -201,6 +201,7 @@ class Detector:
             self.backend = "onnx"
             self.class_names: tuple[str, ...] = tuple(model.class_names)
             self.image_size: int = model.image_size
+            self.input_resize: str = model.input_resize
             self.candidates_per_class = model.candidates_per_class
             self.num_priors: int | None = model.num_priors
             self.device = torch.device("cpu")  # the post-step runs on the CPU; onnxruntime picks its own
@@ -213,6 +214,7 @@ class Detector:
             config = model.config
             self.class_names = tuple(config.class_names)
             self.image_size = config.image_size
+            self.input_resize = config.input_resize
             self.candidates_per_class = config.decode.candidates_per_class
             self.num_priors = config.num_priors
         else:
@@ -274,10 +276,10 @@ class Detector:
     def prepare(self, item: Any, source: str | None = None) -> PreparedImage:
         """Any supported input (module docstring) -> :class:`PreparedImage`; ``source`` names it in the result
         (default: its path, or ``<PIL image>``, ``<array>``, ``<tensor>``)."""
-        from ssd.data.transforms import EvalTransform
+        from ssd.data.transforms import resize_for_model
 
         image, described = to_uint8_image(item)
-        pixels = EvalTransform(self.image_size).resize(image).float() / 255.0
+        pixels = resize_for_model(image, self.image_size, self.input_resize)
         return PreparedImage(pixels, (int(image.shape[1]), int(image.shape[2])), described if source is None else source)
 
     @torch.no_grad()

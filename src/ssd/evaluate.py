@@ -331,12 +331,12 @@ class _EvalImages(torch.utils.data.Dataset):
     loader; ``/ 255`` on the device gives EvalTransform's values); an unreadable image yields a blank one and its
     error."""
 
-    def __init__(self, index: DatasetIndex, size: int) -> None:
+    def __init__(self, index: DatasetIndex, size: int, resize: str = "antialias") -> None:
         from ssd.data.transforms import EvalTransform
 
         self.index = index
         self.size = size
-        self.transform = EvalTransform(size)
+        self.transform = EvalTransform(size, resize)
 
     def __len__(self) -> int:
         return len(self.index.images)
@@ -350,7 +350,8 @@ class _EvalImages(torch.utils.data.Dataset):
             if image.shape[-2] < 1 or image.shape[-1] < 1:
                 raise SSDError(f"{record.file}: empty image")
         except SSDError as e:
-            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), i, (record.height, record.width), str(e)
+            blank = self.transform.resize(torch.zeros(3, 1, 1, dtype=torch.uint8))  # the dtype of the others
+            return blank, i, (record.height, record.width), str(e)
         return self.transform.resize(image), i, (record.height, record.width), None
 
 
@@ -398,10 +399,11 @@ def _decoded_on_device(loader, transform, device: torch.device):
                tuple(errors))  # fmt: skip
 
 
-def _eval_batches(index: DatasetIndex, size: int, batch_size: int, workers: int, device: torch.device, on_device: bool):
-    """(uint8 images (N, 3, S, S), positions, recorded sizes, errors) per batch, decoded by the loader's workers
-    or, with ``on_device``, on ``device``."""
-    dataset = (_EncodedEvalImages if on_device else _EvalImages)(index, size)
+def _eval_batches(index: DatasetIndex, config, batch_size: int, workers: int, device: torch.device, on_device: bool):
+    """(images (N, 3, S, S) in 0-255, uint8 or float as :class:`~ssd.data.transforms.EvalTransform` resizes for the
+    model's ``config``, positions, recorded sizes, errors) per batch, decoded by the loader's workers or, with
+    ``on_device``, on ``device``."""
+    dataset = (_EncodedEvalImages if on_device else _EvalImages)(index, config.image_size, config.input_resize)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
         collate_fn=_collate_encoded if on_device else _collate, pin_memory=device.type == "cuda" and not on_device,
@@ -524,7 +526,7 @@ def evaluate(
     run_on = placement.device
     use_amp = bool(amp) and run_on.type == "cuda"
     on_device = run_on.type == "cuda" if decode_on_device is None else bool(decode_on_device)
-    batches = _eval_batches(index, config.image_size, settings.batch_size, workers, run_on, on_device)
+    batches = _eval_batches(index, config, settings.batch_size, workers, run_on, on_device)
     bar = None
     if progress:
         from ssd.progress import progress as progress_bar

@@ -35,7 +35,8 @@ post-step, for every image::
 which equals :func:`ssd.postprocess.postprocess` on the raw outputs (tested exactly).
 
 The file's ``metadata_props`` describe it: ``ssd.format`` (``ssd-onnx``), ``ssd.class_names``
-(JSON list, label ``i`` is ``class_names[i - 1]``), ``ssd.image_size`` (S), ``ssd.candidates_per_class``
+(JSON list, label ``i`` is ``class_names[i - 1]``), ``ssd.image_size`` (S), ``ssd.input_resize`` (how images are
+brought to S x S: ``antialias`` or ``bilinear``, :func:`ssd.data.transforms.resize_for_model`), ``ssd.candidates_per_class``
 (empty for none), ``ssd.preset``, ``ssd.library_version``, and one-line descriptions of the
 input, the outputs and the post-step. :class:`OnnxModel` reads them back; ``ssd detect --onnx
 MODEL.onnx`` and ``Detector.from_onnx`` use it.
@@ -116,10 +117,12 @@ def _metadata(config, batch: int | None) -> dict[str, str]:
         "ssd.preset": config.preset,
         "ssd.class_names": json.dumps(list(config.class_names)),
         "ssd.image_size": str(s),
+        "ssd.input_resize": config.input_resize,
         "ssd.candidates_per_class": "" if cap is None else str(cap),
         "ssd.batch": "dynamic" if batch is None else str(batch),
-        "ssd.input": f"images float32 (N, 3, {s}, {s}) RGB in [0, 1], resized with antialiasing; "
-        "normalisation is inside the graph",
+        "ssd.input": f"images float32 (N, 3, {s}, {s}) RGB in [0, 1], resized "
+        + ("with antialiasing" if config.input_resize == "antialias" else "bilinearly as floats, no antialiasing")
+        + "; normalisation is inside the graph",
         "ssd.outputs": "boxes float32 (N, P, 4) xyxy fractions of the image; scores float32 (N, P, C) "
         "softmax, column 0 background, label i is class_names[i - 1]",
         "ssd.postprocess": "per image: scores[:, 1:] > min_score, at most candidates_per_class priors per "
@@ -303,6 +306,9 @@ class OnnxModel:
             version = int(meta.get("ssd.format_version", "0"))
             self.class_names: tuple[str, ...] = tuple(json.loads(meta["ssd.class_names"]))
             self.image_size = int(meta["ssd.image_size"])
+            self.input_resize = meta.get("ssd.input_resize", "antialias")  # files written before it: antialias
+            if self.input_resize not in ("antialias", "bilinear"):
+                raise ValueError(f"ssd.input_resize {self.input_resize!r}")
             cap = meta.get("ssd.candidates_per_class", "")
             self.candidates_per_class: int | None = int(cap) if cap else None
             quant = meta.get("ssd.quantization")

@@ -314,10 +314,12 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Resize to S x S (bilinear, antialiased) and scale to [0, 1]; boxes to ``xyxy_rel``."""
+    """Resize to S x S as the model expects (``mode``, :func:`resize_for_model`) and scale to [0, 1]; boxes to
+    ``xyxy_rel``."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, mode: str = "antialias") -> None:
         self.size = size
+        self.mode = mode
 
     def __call__(self, image: Tensor, target: Target, rng: random.Random | None = None) -> tuple[Tensor, Target]:
         _, h, w = image.shape
@@ -326,6 +328,17 @@ class EvalTransform:
         return out, Target(target.boxes.float() / scale, target.labels, target.difficult)
 
     def resize(self, image: Tensor) -> Tensor:
-        """The uint8 image (3, H, W) resized to (3, S, S), still uint8 (``/ 255`` gives what ``__call__`` gives);
-        on any device."""
+        """The uint8 image (3, H, W) resized to (3, S, S) in 0-255, on any device: ``/ 255`` gives the model's
+        input. uint8 in ``"antialias"`` mode (a quarter of the bytes through a loader), float32 in ``"bilinear"``."""
+        if self.mode == "bilinear":
+            size = (self.size, self.size)
+            return torch.nn.functional.interpolate(image.float()[None], size=size, mode="bilinear", align_corners=False)[0]
         return TF.resize(image, [self.size, self.size], antialias=True)
+
+
+def resize_for_model(image: Tensor, size: int, mode: str = "antialias") -> Tensor:
+    """uint8 RGB (3, H, W) -> float32 (3, S, S) in [0, 1], as a model of this ``input_resize`` was trained to see
+    it. ``"antialias"``: the uint8 image resized with antialiasing (ours), then scaled. ``"bilinear"``: the float
+    image resized bilinearly without antialiasing, ``align_corners=False`` (torchvision's detection transform,
+    which normalises first: a per-channel affine map, so the order changes float rounding only)."""
+    return EvalTransform(size, mode).resize(image).float() / 255.0

@@ -293,7 +293,7 @@ class DataStream:
 
         self.cfg, self.device = cfg, runtime.device
         if cfg.augment == "none":
-            self.transform: Any = EvalTransform(model_config.image_size)
+            self.transform: Any = EvalTransform(model_config.image_size, model_config.input_resize)
         else:
             full = cfg.augment == "ssd"
             self.transform = TrainTransform(
