@@ -561,3 +561,43 @@ def test_eval_finite_settings_are_echoed(e2e) -> None:
     """metrics.json holds the timing of a real run (finite, positive)."""
     metrics = json.loads((e2e["dir"] / "out" / "metrics.json").read_text())
     assert metrics["seconds"] > 0 and math.isfinite(metrics["images_per_second"])
+
+
+def test_annotations_are_scored_as_written_as_the_devkit_scores_them(tmp_path) -> None:
+    """A box running past the image and an inverted box: reported (and cleaned for training), but scored as the file
+    writes them, as VOCevaldet reads the XML. Hand-computed with the devkit's rules (+1 pixels):
+
+    object A, x 400..600 on a 500-wide image; object B, x 100..50 (inverted). Detection 1 (score 0.9) at x 450..600
+    overlaps A as written by 151/201 = 0.75: a true positive (A clipped to 400..500 would give 51/201: a false
+    one). Detection 2 (0.8) at x 50..100 meets inverted B nowhere (iw <= 0): false. Two positives (A and B):
+    recall 0.5, 0.5 and precision 1, 0.5, so VOC07 11-point AP = 6/11 (thresholds 0 ... 0.5) and area AP = 0.5.
+    The old cleaning scored 0.0 (one positive, no match)."""
+    from PIL import Image
+    from test_metrics import _naive_match
+
+    from ssd.data.voc import write_image_set
+
+    root = tmp_path / "VOC2007"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    Image.new("RGB", (500, 375)).save(root / "JPEGImages" / "000001.jpg")
+    objects = "".join(
+        f"<object><name>cat</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
+        f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+        for x1, y1, x2, y2 in ((400, 100, 600, 200), (100, 10, 50, 60))
+    )
+    (root / "Annotations" / "000001.xml").write_text(
+        f"<annotation><filename>000001.jpg</filename><size><width>500</width><height>375</height></size>{objects}</annotation>"
+    )
+    write_image_set(root, "test", ["000001"])
+    (root / "classes.txt").write_text("cat\n")
+    dets = tmp_path / "dets"
+    dets.mkdir()
+    (dets / "comp4_det_test_cat.txt").write_text("000001 0.900000 450 100 600 200\n000001 0.800000 50 10 100 60\n")
+    assert _naive_match([0, 0], [0.9, 0.8], [[450, 100, 600, 200], [50, 10, 100, 60]], [0, 0],
+                        [[400, 100, 600, 200], [100, 10, 50, 60]], [False, False]) == ["tp", "fp"]  # fmt: skip
+    for method, expected in (("voc07", 6 / 11), ("voc12", 0.5)):
+        status, out, err = run_cli("eval", "--detections", dets, "--voc-root", root, "--split", "test",
+                                   "--method", method, "--out", tmp_path / method, "--no-plot")  # fmt: skip
+        assert status == 0, err
+        assert json.loads((tmp_path / method / "metrics.json").read_text())["ap"]["cat"] == pytest.approx(expected, abs=1e-12)

@@ -181,10 +181,14 @@ def _class_detections(
 
 
 def ground_truth(index: DatasetIndex) -> list[VOCGroundTruth]:
-    """One :class:`~ssd.metrics.VOCGroundTruth` per image of ``index`` (continuous -> devkit pixels)."""
-    return [
-        VOCGroundTruth(continuous_to_voc_pixels(r.boxes_xyxy_abs), r.labels, r.difficult) for r in index.images
-    ]
+    """One :class:`~ssd.metrics.VOCGroundTruth` per image of ``index`` (continuous -> devkit pixels): the objects
+    as the annotation writes them (:meth:`~ssd.data.index.ImageRecord.scored_objects`; boxes outside the image or
+    inverted included), as the devkit scores them."""
+    out = []
+    for record in index.images:
+        boxes, labels, difficult = record.scored_objects()
+        out.append(VOCGroundTruth(continuous_to_voc_pixels(boxes), labels, difficult))
+    return out
 
 
 def _check_method(method: str) -> None:

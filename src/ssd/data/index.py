@@ -40,7 +40,10 @@ objects x priors per image) never depends on one file."""
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image and its objects; ``boxes_xyxy_abs`` (M, 4) continuous pixels, labels 1..K."""
+    """One image and its objects; ``boxes_xyxy_abs`` (M, 4) continuous pixels, labels 1..K: the objects to train
+    on, boxes clipped to the image and inverted or empty ones dropped. Where that cleaning changed anything,
+    ``as_written`` keeps the annotation's objects as the file gives them (boxes, labels, difficult), which the VOC
+    scorer uses, as the devkit scores the annotation as it is (:meth:`scored_objects`)."""
 
     id: str
     file: str
@@ -49,29 +52,34 @@ class ImageRecord:
     boxes_xyxy_abs: np.ndarray  # (M, 4) float32
     labels: np.ndarray  # (M,) int64
     difficult: np.ndarray  # (M,) bool
+    as_written: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def scored_objects(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(boxes_xyxy_abs, labels, difficult) as the annotation writes them, for scoring."""
+        return self.as_written if self.as_written is not None else (self.boxes_xyxy_abs, self.labels, self.difficult)
 
     def to_json(self) -> dict:
-        return {
-            "id": self.id,
-            "file": self.file,
-            "width": self.width,
-            "height": self.height,
-            "boxes": [[round(float(v), 4) for v in b] for b in self.boxes_xyxy_abs],
-            "labels": [int(v) for v in self.labels],
-            "difficult": [int(v) for v in self.difficult],
-        }
+        out = {"id": self.id, "file": self.file, "width": self.width, "height": self.height,
+               **_objects_json(self.boxes_xyxy_abs, self.labels, self.difficult)}  # fmt: skip
+        if self.as_written is not None:
+            out["as_written"] = _objects_json(*self.as_written)
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> "ImageRecord":
-        return cls(
-            id=str(d["id"]),
-            file=str(d["file"]),
-            width=int(d["width"]),
-            height=int(d["height"]),
-            boxes_xyxy_abs=np.asarray(d["boxes"], dtype=np.float32).reshape(-1, 4),
-            labels=np.asarray(d["labels"], dtype=np.int64).reshape(-1),
-            difficult=np.asarray(d["difficult"], dtype=bool).reshape(-1),
-        )
+        written = d.get("as_written")
+        return cls(str(d["id"]), str(d["file"]), int(d["width"]), int(d["height"]), *_objects_from_json(d),
+                   as_written=None if written is None else _objects_from_json(written))  # fmt: skip
+
+
+def _objects_json(boxes: np.ndarray, labels: np.ndarray, difficult: np.ndarray) -> dict:
+    return {"boxes": [[round(float(v), 4) for v in b] for b in boxes], "labels": [int(v) for v in labels],
+            "difficult": [int(v) for v in difficult]}  # fmt: skip
+
+
+def _objects_from_json(d: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (np.asarray(d["boxes"], dtype=np.float32).reshape(-1, 4), np.asarray(d["labels"], dtype=np.int64).reshape(-1),
+            np.asarray(d["difficult"], dtype=bool).reshape(-1))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -218,6 +226,18 @@ def _clean_objects(
     return out[keep].astype(np.float32), labels[keep], difficult[keep]
 
 
+def _record(image_id: str, file: Path, width: int, height: int, boxes: np.ndarray, labels: np.ndarray,
+            difficult: np.ndarray, issues: _Collector, where: str) -> ImageRecord:
+    """An image's record: its objects cleaned for training (:func:`_clean_objects`, each change reported), and as
+    written (finite boxes only) where the cleaning changed them."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    clean = _clean_objects(where, width, height, boxes, labels, difficult, issues)
+    finite = np.isfinite(boxes).all(axis=1)
+    changed = len(clean[0]) != len(boxes) or not np.array_equal(clean[0], boxes.astype(np.float32))
+    written = (boxes[finite].astype(np.float32), labels[finite], difficult[finite]) if changed else None
+    return ImageRecord(image_id, str(file.resolve()), width, height, *clean, as_written=written)
+
+
 def voc_classes_of(voc_roots: Iterable[str | Path], splits: Sequence[str]) -> tuple[str, ...]:
     """Class names for a VOC-layout dataset: ``classes.txt`` beside ``Annotations`` if present, else
     the sorted names found in the annotations of the given splits."""
@@ -329,11 +349,8 @@ def build_voc_index(
                 labels.append(label_of[n])
             else:
                 issues.add(xml, f"object {j + 1}: unknown class {n!r}", "dropped object")
-        boxes, labels_a, difficult = _clean_objects(
-            str(xml), width, height, ann.boxes_xyxy_abs[keep].reshape(-1, 4),
-            np.asarray(labels, dtype=np.int64), ann.difficult[keep], issues,
-        )  # fmt: skip
-        records.append(ImageRecord(image_id, str(image.resolve()), width, height, boxes, labels_a, difficult))
+        records.append(_record(image_id, image, width, height, ann.boxes_xyxy_abs[keep], np.asarray(labels, dtype=np.int64),
+                               ann.difficult[keep], issues, str(xml)))  # fmt: skip
     return DatasetIndex(name, tuple(classes), records, issues.issues)
 
 
@@ -462,11 +479,8 @@ def build_coco_index(
             issues.add(path, str(e), "skipped image")
             continue
         boxes, labels, difficult = _coco_objects(objects, label_of_cat, path, issues)
-        b, l, d = _clean_objects(
-            str(path), width, height, np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
-            np.asarray(labels, dtype=np.int64), np.asarray(difficult, dtype=bool), issues,
-        )  # fmt: skip
-        records.append(ImageRecord(str(img["id"]), str(path.resolve()), width, height, b, l, d))
+        records.append(_record(str(img["id"]), path, width, height, np.asarray(boxes, dtype=np.float64),
+                               np.asarray(labels, dtype=np.int64), np.asarray(difficult, dtype=bool), issues, str(path)))  # fmt: skip
     listed = {img["id"] for img in images if isinstance(img, dict) and _is_id(img.get("id"))}
     for image_id, objects in by_image.items():
         if image_id not in listed:
