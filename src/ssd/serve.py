@@ -26,7 +26,7 @@ Endpoints:
 
 The way of a request::
 
-    upload -> upload_pixels (header) -> PixelBudget.hold                   (waits for room, else 503)
+    upload (its bytes reserved first) -> upload_pixels (header) -> pixels reserved  (waits for room, else 503)
       -> decode_upload (uint8 RGB, upright) -> Detector.prepare          (worker threads, in parallel)
     query/form fields -> parse_settings -> Detector.resolve                (checked completely, else 422)
       -> Batcher: requests arriving within ``batch_window_ms`` of each other, at most ``max_batch``
@@ -38,8 +38,8 @@ are reserved among ``max_pixels_in_flight`` from its header, before it is decode
 
 Errors are JSON ``{"detail": "message"}``: 400 (no image, or a bad field), 408 (the upload took over
 ``body_timeout_s``), 413 (upload over ``max_upload_bytes`` or image over ``max_pixels``), 415 (not an image), 422
-(a damaged image or a bad setting), 503 (queue full: ``queue_size`` requests waiting; no room for the image's
-pixels within ``request_timeout_s``; over ``max_connections``), 504 (no answer within ``request_timeout_s``).
+(a damaged image or a bad setting), 503 (queue full: ``queue_size`` requests waiting; no room for the upload or
+the image's pixels in time; over ``max_connections``), 504 (no answer within ``request_timeout_s``).
 An unexpected failure is a 500 with a one-line message, never a traceback, and the service keeps running: a batch
 that fails is split and re-run (bisection), so the failure stays with the request that caused it; the connection
 stays open; each distinct error is logged once with its traceback (``/stats`` counts the repeats).
@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from ssd.errors import SSDError
 from ssd.serve_batcher import Batcher, Job
-from ssd.serve_limits import HTTPProblem, PixelBudget, ServeLimits, server_config
+from ssd.serve_limits import Budget, HTTPProblem, NoRoom, ServeLimits, server_config
 from ssd.settings import DECODING_SETTINGS, DetectSettings, setting_spec
 
 if TYPE_CHECKING:  # only in annotations: `ssd serve --help` stays torch-free
@@ -190,16 +190,26 @@ def model_info(detector, checkpoint_format_version: int | None = None) -> dict[s
 # --- the app ----------------------------------------------------------------------------------------
 
 
+def _declared_length(request, max_upload_bytes: int) -> int:
+    """The upload's size from its Content-Length (400 when malformed, 413 over the limit), or the limit when the
+    client does not say (chunked): what the upload may cost."""
+    length = request.headers.get("content-length")
+    if length is None:
+        return max_upload_bytes
+    try:
+        declared = int(length)
+    except ValueError:
+        raise HTTPProblem(400, "bad Content-Length header") from None
+    if declared < 0:
+        raise HTTPProblem(400, "bad Content-Length header")
+    if declared > max_upload_bytes:
+        raise HTTPProblem(413, f"upload of {declared} bytes is over the limit of {max_upload_bytes} bytes")
+    return declared
+
+
 async def _read_body(request, max_upload_bytes: int) -> bytes:
     """The request body, refused with 413 as soon as it is over ``max_upload_bytes``."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            declared = int(length)
-        except ValueError:
-            raise HTTPProblem(400, "bad Content-Length header") from None
-        if declared > max_upload_bytes:
-            raise HTTPProblem(413, f"upload of {declared} bytes is over the limit of {max_upload_bytes} bytes")
+    _declared_length(request, max_upload_bytes)
     chunks, total = [], 0
     async for chunk in request.stream():
         total += len(chunk)
@@ -294,7 +304,8 @@ class DetectEndpoint:
 
     def __init__(self, detector, limits: ServeLimits, batcher: Batcher) -> None:
         self.detector, self.limits, self.batcher = detector, limits, batcher
-        self.pixels = PixelBudget(limits.max_pixels_in_flight)
+        self.uploads = Budget(limits.max_upload_bytes_in_flight, "upload bytes")
+        self.pixels = Budget(limits.max_pixels_in_flight, "decoded pixels")
 
     async def __call__(self, request) -> dict[str, Any]:
         from starlette.requests import ClientDisconnect
@@ -304,6 +315,8 @@ class DetectEndpoint:
             return await self._answer(request)
         except HTTPProblem:
             raise
+        except NoRoom as err:
+            raise HTTPProblem(503, f"busy: {err}; retry later", counter="rejected_busy") from None
         except ClientDisconnect:
             raise HTTPProblem(CLIENT_CLOSED, "the client closed the connection") from None
         except Exception as err:  # a 500 answered here keeps the connection open (a handler of Exception closes it)
@@ -311,33 +324,36 @@ class DetectEndpoint:
             raise HTTPProblem(500, f"internal error: {type(err).__name__}") from err
 
     async def _answer(self, request) -> dict[str, Any]:
-        limits = self.limits
-        try:
-            data, name, params = await asyncio.wait_for(_image_and_params(request, limits.max_upload_bytes),
-                                                        timeout=limits.body_timeout_s)  # fmt: skip
-        except asyncio.TimeoutError:
-            raise HTTPProblem(408, f"the upload did not arrive within {limits.body_timeout_s:g} s",
-                              counter="upload_timeouts") from None  # fmt: skip
-        settings, annotated = parse_settings(params, self.detector)
-        pixels, _ = upload_pixels(data, name, limits.max_pixels)
-        try:
-            async with self.pixels.hold(pixels, limits.request_timeout_s):  # room for it before it is decoded
-                return await self._detect(data, name, settings, annotated)
-        except TimeoutError:
-            raise HTTPProblem(503, f"busy: no room for {pixels} more decoded pixels within {limits.request_timeout_s:g} s",
-                              counter="rejected_pixels_busy") from None  # fmt: skip
-
-    async def _detect(self, data: bytes, name: str, settings: DetectSettings, annotated: bool) -> dict[str, Any]:
+        """Room for the upload's bytes, then the upload, then room for its pixels (from the header, in a worker
+        thread), then detection; one deadline (``request_timeout_s``) from the wait for pixels to the answer."""
         from starlette.concurrency import run_in_threadpool
 
-        timeout_s = self.limits.request_timeout_s
+        limits, loop = self.limits, asyncio.get_running_loop()
+        async with self.uploads.hold(_declared_length(request, limits.max_upload_bytes), limits.body_timeout_s):
+            try:
+                data, name, params = await asyncio.wait_for(_image_and_params(request, limits.max_upload_bytes),
+                                                            timeout=limits.body_timeout_s)  # fmt: skip
+            except asyncio.TimeoutError:
+                raise HTTPProblem(408, f"the upload did not arrive within {limits.body_timeout_s:g} s",
+                                  counter="upload_timeouts") from None  # fmt: skip
+            settings, annotated = parse_settings(params, self.detector)
+            deadline = loop.time() + limits.request_timeout_s
+            pixels, _ = await run_in_threadpool(upload_pixels, data, name, limits.max_pixels)
+            async with self.pixels.hold(pixels, deadline - loop.time()):  # room for it before it is decoded
+                return await self._detect(data, name, settings, annotated, deadline)
+
+    async def _detect(self, data: bytes, name: str, settings: DetectSettings, annotated: bool,
+                      deadline: float) -> dict[str, Any]:  # fmt: skip
+        from starlette.concurrency import run_in_threadpool
+
         image = await run_in_threadpool(decode_upload, data, name, self.limits.max_pixels)
         prepared = await run_in_threadpool(self.detector.prepare, image, name)
         fut = self.batcher.submit(Job(image=prepared, settings=settings))
         try:
-            dets = await asyncio.wait_for(asyncio.wrap_future(fut), timeout=timeout_s)
+            dets = await asyncio.wait_for(asyncio.wrap_future(fut), timeout=deadline - asyncio.get_running_loop().time())
         except asyncio.TimeoutError:
             fut.cancel()
+            timeout_s = self.limits.request_timeout_s
             raise HTTPProblem(504, f"no answer within {timeout_s:g} s (the service is overloaded)") from None
         out = {**dets.to_dict(), "settings": settings.decoding_dict()}
         if annotated:
@@ -388,8 +404,9 @@ def create_app(detector, limits: ServeLimits | None = None, *, checkpoint_format
 
     @app.get("/stats")
     async def stats():
-        pixels = endpoint.pixels
-        return {**batcher.stats(), "pixels_in_flight": pixels.in_use, "max_pixels_in_flight": pixels.capacity}
+        pixels, uploads = endpoint.pixels, endpoint.uploads
+        return {**batcher.stats(), "pixels_in_flight": pixels.in_use, "max_pixels_in_flight": pixels.capacity,
+                "upload_bytes_in_flight": uploads.in_use, "max_upload_bytes_in_flight": uploads.capacity}  # fmt: skip
 
     @app.get("/", include_in_schema=False)
     async def index():

@@ -82,7 +82,7 @@ class Batcher:
         self.counters = {
             "requests": 0, "completed": 0, "batches": 0, "batched_images": 0, "max_batch_seen": 0,
             "rejected_queue_full": 0, "timeouts": 0, "client_errors": 0, "server_errors": 0,
-            "client_disconnects": 0, "batches_split_after_a_failure": 0, "rejected_pixels_busy": 0,
+            "client_disconnects": 0, "batches_split_after_a_failure": 0, "rejected_busy": 0,
             "upload_timeouts": 0,
         }  # fmt: skip
         self.errors = ErrorLog()

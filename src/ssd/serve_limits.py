@@ -2,14 +2,20 @@
 
 ::
 
-    connection  -- at most max_connections open (then 503); its request line and headers within
-                   header_timeout_s of connecting or of its previous answer (else closed)
-    upload      -- at most max_upload_bytes (413), arrived within body_timeout_s (408)
-    image       -- width x height from the header, at most max_pixels (413); then PixelBudget.hold reserves
-                   those pixels among max_pixels_in_flight *before* decoding (waits up to request_timeout_s,
-                   then 503), and frees them once answered: concurrent uploads cannot multiply memory
-    queue       -- at most queue_size requests waiting for the network (503), answered within
-                   request_timeout_s (504)
+    connection  -- beyond max_connections open ones, every request is answered 503 (uvicorn still accepts
+                   the connection); its request line and headers within header_timeout_s of connecting or of
+                   its previous answer, else it is closed; one whose answer went out before its upload was
+                   whole (a 408, a 413, an error) is closed, so it cannot keep sending
+    upload      -- at most max_upload_bytes (413); its declared size reserved among max_upload_bytes_in_flight
+                   before it is read (no room within body_timeout_s: 503); arrived within body_timeout_s (408)
+    image       -- width x height from the header (read in a worker thread), at most max_pixels (413); then
+                   those pixels are reserved among max_pixels_in_flight *before* decoding (waits for room,
+                   then 503), and freed once answered: concurrent uploads cannot multiply memory
+    queue       -- at most queue_size requests waiting for the network (503); the whole request, from the wait
+                   for pixels to the answer, within request_timeout_s (504)
+
+A decoded pixel costs about 15 bytes while the image is decoded and prepared (Pillow's RGBX buffer, the uint8
+array and tensor, the resized float copy), so ``max_pixels_in_flight`` pixels cost about 15 times as many bytes.
 
 :func:`server_config` is the uvicorn configuration that sets the connection-level limits (``ssd serve`` and the
 tests run it). Nothing here imports torch: ``ssd serve --help`` stays fast.
@@ -25,7 +31,7 @@ from typing import Any, AsyncIterator
 
 from ssd.errors import SSDError
 
-__all__ = ["HTTPProblem", "PixelBudget", "ServeLimits", "server_config"]
+__all__ = ["Budget", "HTTPProblem", "NoRoom", "ServeLimits", "server_config"]
 
 
 class HTTPProblem(Exception):
@@ -42,16 +48,18 @@ class HTTPProblem(Exception):
 class ServeLimits:
     """The service's limits (see the module docstring for where each applies). Validated on construction.
 
-    ``max_upload_bytes`` and ``max_pixels`` bound one request; ``max_pixels_in_flight`` bounds the decoded images
-    of all requests together (at least ``max_pixels``); ``batch_window_ms`` is how long the batcher waits for
-    more requests (0: no wait), ``max_batch`` the images per forward pass; ``queue_size`` requests may wait;
-    ``max_connections`` may be open; ``header_timeout_s``, ``body_timeout_s`` and ``request_timeout_s`` bound
-    how long a client may take to send its headers and its upload, and the service to answer.
+    ``max_upload_bytes`` and ``max_pixels`` bound one request; ``max_upload_bytes_in_flight`` and
+    ``max_pixels_in_flight`` bound the uploads and the decoded images of all requests together (at least one
+    request's worth each); ``batch_window_ms`` is how long the batcher waits for more requests (0: no wait),
+    ``max_batch`` the images per forward pass; ``queue_size`` requests may wait; beyond ``max_connections`` open
+    connections requests get 503; ``header_timeout_s``, ``body_timeout_s`` and ``request_timeout_s`` bound how long
+    a client may take to send its headers and its upload, and the service to answer.
     """
 
     max_upload_bytes: int = 20 * 1024 * 1024
+    max_upload_bytes_in_flight: int = 80 * 1024 * 1024
     max_pixels: int = 40_000_000
-    max_pixels_in_flight: int = 120_000_000
+    max_pixels_in_flight: int = 80_000_000
     batch_window_ms: float = 5.0
     max_batch: int = 16
     queue_size: int = 64
@@ -61,8 +69,8 @@ class ServeLimits:
     request_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_pixels_in_flight", "max_batch", "queue_size",
-                     "max_connections"):  # fmt: skip
+        for name in ("max_upload_bytes", "max_upload_bytes_in_flight", "max_pixels", "max_pixels_in_flight",
+                     "max_batch", "queue_size", "max_connections"):  # fmt: skip
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise SSDError(f"{name} must be a positive integer, got {v!r}")
@@ -73,39 +81,45 @@ class ServeLimits:
             if not ok or not low_ok:
                 kind = "non-negative" if name == "batch_window_ms" else "positive"
                 raise SSDError(f"{name} must be a {kind} number, got {v!r}")
-        if self.max_pixels_in_flight < self.max_pixels:
-            raise SSDError(f"max_pixels_in_flight ({self.max_pixels_in_flight}) must be at least max_pixels "
-                           f"({self.max_pixels}): an image at the limit could never be admitted")  # fmt: skip
+        for total, one in (("max_pixels_in_flight", "max_pixels"), ("max_upload_bytes_in_flight", "max_upload_bytes")):
+            if getattr(self, total) < getattr(self, one):
+                raise SSDError(f"{total} ({getattr(self, total)}) must be at least {one} ({getattr(self, one)}): "
+                               "a request at the limit could never be admitted")  # fmt: skip
 
 
-class PixelBudget:
-    """Decoded pixels in flight, bounded by ``capacity``: :meth:`hold` reserves an image's pixels (known from its
-    header) before it is decoded, waiting for room, and frees them when the request is done. Used from one
+class NoRoom(Exception):
+    """A :class:`Budget` had no room for a reservation within its timeout."""
+
+
+class Budget:
+    """A quantity in flight bounded by ``capacity`` (decoded pixels, upload bytes): :meth:`hold` reserves an amount
+    before what it measures is allocated, waiting for room, and frees it when the request is done. Used from one
     event loop."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+    def __init__(self, capacity: int, unit: str) -> None:
+        self.capacity, self.unit = capacity, unit
         self.in_use = 0
         self._changed: asyncio.Condition | None = None
 
     @contextlib.asynccontextmanager
-    async def hold(self, pixels: int, timeout_s: float) -> AsyncIterator[None]:
-        """Reserve ``pixels`` (at most ``capacity``) for the body of the ``async with``; raises
-        :class:`TimeoutError` when no room frees up within ``timeout_s``."""
-        pixels = min(pixels, self.capacity)
+    async def hold(self, amount: int, timeout_s: float) -> AsyncIterator[None]:
+        """Reserve ``amount`` (at most ``capacity``) for the body of the ``async with``; raises :class:`NoRoom`
+        when no room frees up within ``timeout_s``."""
+        amount = min(amount, self.capacity)
         if self._changed is None:
             self._changed = asyncio.Condition()
         async with self._changed:
             try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.in_use + pixels <= self.capacity), timeout_s)
-            except asyncio.TimeoutError as err:  # the same class from Python 3.11 on, not before
-                raise TimeoutError(f"no room for {pixels} pixels within {timeout_s:g} s") from err
-            self.in_use += pixels
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.in_use + amount <= self.capacity),
+                                       max(timeout_s, 0.0))  # fmt: skip
+            except asyncio.TimeoutError as err:
+                raise NoRoom(f"no room for {amount} more {self.unit} within {max(timeout_s, 0.0):g} s") from err
+            self.in_use += amount
         try:
             yield
         finally:
             async with self._changed:
-                self.in_use -= pixels
+                self.in_use -= amount
                 self._changed.notify_all()
 
 
@@ -124,7 +138,11 @@ def _guarded_h11_protocol(header_timeout_s: float) -> type:
             self._arm_header_deadline()
 
         def on_response_complete(self) -> None:
+            upload_unfinished = self.conn.their_state is h11.SEND_BODY  # answered before the upload was whole
             super().on_response_complete()
+            if upload_unfinished and not self.transport.is_closing():
+                self.transport.close()  # else the client could go on sending, holding the connection
+                return
             self._arm_header_deadline()
 
         def _arm_header_deadline(self) -> None:
@@ -140,8 +158,8 @@ def _guarded_h11_protocol(header_timeout_s: float) -> type:
 
 
 def server_config(app: Any, limits: ServeLimits, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any):
-    """A ``uvicorn.Config`` for ``app`` with ``limits``' connection limits: at most ``max_connections`` open
-    (uvicorn answers 503 beyond), the header deadline, and h11 (whose parser the deadline hooks into)."""
+    """A ``uvicorn.Config`` for ``app`` with ``limits``' connection limits: beyond ``max_connections`` open ones
+    uvicorn answers 503; the header deadline, and h11 (whose parser the deadline hooks into)."""
     import uvicorn
 
     return uvicorn.Config(app, host=host, port=port, http=_guarded_h11_protocol(limits.header_timeout_s),

@@ -47,9 +47,13 @@ def register(sub) -> None:
                    help=f"seconds a request may wait for its answer; then 504 (default {d.request_timeout_s:g})")
     p.add_argument("--max-pixels-in-flight", type=positive(int), default=d.max_pixels_in_flight, metavar="N",
                    help="decoded pixels of all requests together; a request waits for room before its image is "
-                   f"decoded, then 503 (default {d.max_pixels_in_flight}, about {3 * d.max_pixels_in_flight / 2**20:.0f} MiB)")  # fmt: skip
+                   f"decoded, then 503 (default {d.max_pixels_in_flight}; a pixel costs about 15 bytes while it is "
+                   f"decoded and prepared: about {15 * d.max_pixels_in_flight / 2**30:.1f} GiB)")  # fmt: skip
+    p.add_argument("--max-upload-mb-in-flight", type=positive(float), default=d.max_upload_bytes_in_flight / 2**20,
+                   metavar="MB", help="uploads of all requests together, in MiB, reserved from each one's declared "
+                   f"size before it is read; no room in time: 503 (default {d.max_upload_bytes_in_flight / 2**20:g})")  # fmt: skip
     p.add_argument("--max-connections", type=positive(int), default=d.max_connections, metavar="N",
-                   help=f"open connections at most; requests beyond get 503 (default {d.max_connections})")
+                   help=f"beyond this many open connections every request gets 503 (default {d.max_connections})")
     p.add_argument("--header-timeout", type=positive(float), default=d.header_timeout_s, metavar="S",
                    help=f"seconds a connection has to send a request's headers; then it is closed (default {d.header_timeout_s:g})")
     p.add_argument("--body-timeout", type=positive(float), default=d.body_timeout_s, metavar="S",
@@ -79,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     detector.settings = detector.checked(settings, prefix="--")
     limits = ServeLimits(
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+        max_upload_bytes_in_flight=int(args.max_upload_mb_in_flight * 2**20),
         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, queue_size=args.queue_size,
         request_timeout_s=args.timeout, max_pixels_in_flight=args.max_pixels_in_flight,
         max_connections=args.max_connections, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
