@@ -112,6 +112,7 @@ def _oracle_cases() -> dict[str, object]:
         "ordered": collections.OrderedDict(a=1), "text": "s", "bytes": b"b", "dtype": torch.float32,
         "device": torch.device("cpu"), "size": torch.Size([2]), "set": {1, 2}, "complex": 1j, "float key": {1.5: 1},
         "array deep inside": {"a": [1, {"b": np.zeros(1)}]}, "path as a key": {pathlib.Path("k"): 1},
+        "counter": collections.Counter(a=2), "bytearray": bytearray(b"ab"), "layout": torch.strided,
     }  # fmt: skip
 
 

@@ -52,7 +52,6 @@ def _reasons(index) -> str:
         ("categories", None, "'categories' must be a list, not null"),
         ("annotations", {"0": {}}, "'annotations' must be a list, not dict"),
         ("categories", [{"id": 1, "name": "cat"}, {"id": 1, "name": "dog"}], "category id 1 is listed twice"),
-        ("categories", [{"id": 1, "name": "cat"}, {"id": 2, "name": "cat"}], "category name 'cat' is listed twice"),
         ("categories", [{"id": [1], "name": "cat"}], "malformed category"),
         ("categories", [{"id": True, "name": "cat"}], "malformed category"),
         ("categories", [{"id": 1, "name": None}], "malformed category"),
@@ -63,6 +62,16 @@ def test_ambiguous_or_malformed_categories_are_refused(coco_dir, where, value, m
     with pytest.raises(SSDError, match=match) as err:
         _index(coco_dir, coco)
     assert "\n" not in str(err.value)
+
+
+def test_a_category_name_under_two_ids_is_one_class(coco_dir):
+    """Exports often list a class again as its own supercategory: both ids get the one label of that name."""
+    coco = copy.deepcopy(GOOD)
+    coco["categories"] = [{"id": 0, "name": "dog"}, {"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
+    index = _index(coco_dir, coco)
+    assert index.classes == ("dog", "cat") and [r.labels.tolist() for r in index.images] == [[2], [1]]
+    index = _index(coco_dir, coco, classes=["cat", "dog"])
+    assert [r.labels.tolist() for r in index.images] == [[1], [2]]
 
 
 def test_an_image_id_listed_twice_keeps_the_first_and_copies_nothing(coco_dir):
@@ -170,13 +179,17 @@ def _voc(root: Path, ids: list[str], filename_of: dict[str, str] | None = None) 
 def test_voc_ids_listed_twice_or_leaving_the_folders_are_skipped(tmp_path):
     Image.new("RGB", (64, 48)).save(tmp_path / "secret.jpg")
     root = _voc(tmp_path / "VOC", ["a", "b", "a", "c"], {"c": "../../secret.jpg"})
-    (root / "ImageSets/Main/train.txt").write_text("a\nb\na\nc\n../Annotations/b\n")
+    (root / "Annotations" / "sub").mkdir()
+    (root / "JPEGImages" / "sub").mkdir()
+    (root / "Annotations" / "sub" / "d.xml").write_text((root / "Annotations" / "a.xml").read_text().replace("a.jpg", "sub/d.jpg"))
+    Image.new("RGB", (64, 48)).save(root / "JPEGImages" / "sub" / "d.jpg")
+    (root / "ImageSets/Main/train.txt").write_text("a\nb\na\nc\n../Annotations/b\nsub/d\n")
     index = build_voc_index("t", [(root, "train")], ["cat"])
-    assert [r.id for r in index.images] == ["a", "b"]
+    assert [r.id for r in index.images] == ["a", "b", "sub/d"]  # an id in a subfolder is fine
     reasons = _reasons(index)
     assert "image id 'a' is listed twice (skipped image)" in reasons
     assert "<filename> '../../secret.jpg' leaves the JPEGImages folder (skipped image)" in reasons
-    assert "image id '../Annotations/b' is not a plain file name (skipped image)" in reasons
+    assert "image id '../Annotations/b' leaves the dataset's folders (skipped image)" in reasons
 
 
 def test_voc_annotation_files_over_the_size_limit_are_skipped_unparsed(tmp_path):

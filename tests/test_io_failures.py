@@ -109,3 +109,30 @@ def test_a_folder_that_refuses_writes_is_a_message(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err
     assert f"skipped {tmp_path / 'images' / 'a.png'}: cannot write {out / 'det' / 'a.png'}: Permission denied" in err
+
+
+def test_a_checkpoint_write_that_runs_out_of_room_is_an_oserror_at_any_point(tmp_path):
+    """torch.save reports a failed write as a RuntimeError naming no cause; the writer gives back the OSError behind
+    it (here EFBIG from the file-size limit, ENOSPC on a full disk) wherever the write stops, and leaves no file."""
+    size = ssd.save_checkpoint(ssd.build_model("small", 2), tmp_path / "probe.ckpt").stat().st_size
+    code = f"""
+import resource, signal, sys, errno
+from pathlib import Path
+import ssd
+from ssd.checkpoint import atomic_torch_save, make_checkpoint
+model = ssd.build_model("small", 2)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+for fraction in (0.9, 0.5, 0.33, 0.1, 0.01):
+    limit = int({size} * fraction)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    try:
+        atomic_torch_save(make_checkpoint(model), Path({str(tmp_path)!r}) / f"m{{fraction}}.ckpt")
+        print("WROTE", fraction)
+    except OSError as err:
+        print("OSERROR", fraction, errno.errorcode.get(err.errno))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:5] == [f"OSERROR {f} EFBIG" for f in (0.9, 0.5, 0.33, 0.1, 0.01)], out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.ckpt"]

@@ -17,7 +17,7 @@ import os
 import pickle
 import time
 import zipfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -39,12 +39,36 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     (:func:`ssd.paths.write_atomically`): a crash at any point leaves either the previous file or the new one."""
 
     def write(f) -> None:
-        torch.save(obj, f)
+        recorder = _WriteErrors(f)
+        try:
+            torch.save(obj, recorder)
+        except RuntimeError as err:  # torch's zip writer reports a failed write as "unexpected pos ..."
+            if recorder.error is not None:
+                raise recorder.error from err
+            raise
         pause = os.environ.get(PAUSE_ENV)
         if pause:
             time.sleep(float(pause))
 
     return write_atomically(path, write)
+
+
+class _WriteErrors:
+    """A binary file that remembers the first OSError its writes raised (a full disk, a file-size limit), which
+    ``torch.save`` would otherwise turn into a RuntimeError that names no cause."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
 
 
 def make_checkpoint(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
@@ -63,7 +87,10 @@ def make_checkpoint(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
     if clash:
         raise ValueError(f"extra entries clash with reserved keys: {sorted(clash)}")
     for key, value in extra.items():
-        problem = not_plain_data(value, key)
+        try:
+            problem = not_plain_data(value, key)
+        except RecursionError as err:
+            raise CheckpointError(f"cannot save {key}: nested too deeply to check") from err
         if problem:
             raise CheckpointError(f"cannot save {problem}: loading (weights_only) would refuse the file; save plain "
                                   "tensors, numbers, strings and lists, tuples and dicts of them")  # fmt: skip
@@ -71,8 +98,9 @@ def make_checkpoint(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
     return ckpt
 
 
-_PLAIN_LEAVES = (str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device, torch.Size)
-_PLAIN_CONTAINERS = (list, tuple, set, frozenset, dict, OrderedDict)
+_PLAIN_LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), torch.dtype, torch.device, torch.Size,
+                 torch.layout)  # fmt: skip
+_PLAIN_CONTAINERS = (list, tuple, set, frozenset, dict, OrderedDict, Counter)
 
 
 def not_plain_data(obj: Any, where: str) -> str | None:
@@ -141,11 +169,34 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return dict(ckpt)
 
 
+MAX_ZIP_ENTRIES = 100_000
+"""Zip entries read at most: the directory of a file with more costs memory before anything can be checked."""
+
+
+def _zip_entry_count(path: Path) -> int | None:
+    """The entry count a zip file's end-of-central-directory record declares (from its last 64 KiB), without
+    reading the directory; None when there is no such record (not a zip: the caller says so)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        end = f.tell()
+        f.seek(max(0, end - 65_557))
+        tail = f.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + 12 > len(tail):
+        return None
+    count = int.from_bytes(tail[at + 10 : at + 12], "little")
+    return MAX_ZIP_ENTRIES + 1 if count == 0xFFFF else count  # 0xFFFF: zip64, over 65 534 entries
+
+
 def check_declared_sizes(path: Path) -> None:
     """Refuse, before reading, a file whose contents could unpack to more memory than the file's own size: ssd
     writes torch's zip format, uncompressed, so the sizes its entries declare add up to at most the file's size.
     A legacy (non-zip) torch file allocates each storage at the size its pickle declares, so it is refused."""
     size = path.stat().st_size
+    entries = _zip_entry_count(path)
+    if entries is not None and entries > MAX_ZIP_ENTRIES:
+        raise CheckpointError(f"{path}: refused to load: {entries} entries (an ssd checkpoint has a few hundred; "
+                              f"at most {MAX_ZIP_ENTRIES} are read)")  # fmt: skip
     try:
         with zipfile.ZipFile(path) as zf:
             declared = sum(info.file_size for info in zf.infolist())

@@ -69,10 +69,11 @@ import torch
 from torch import Tensor, nn
 
 from ssd.errors import SSDError
+from ssd.paths import write_atomically
 from ssd.onnx_format import DEFAULT_OPSET, FORMAT, FORMAT_VERSION, MIN_OPSET
 from ssd.postprocess import DecodedSSD
 
-__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "OnnxModel", "export_onnx", "require_export_dependencies", "write_atomically"]
+__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "OnnxModel", "export_onnx", "require_export_dependencies"]
 
 
 _PIP_EXPORT = "pip install onnx onnxscript onnxruntime"
@@ -172,17 +173,6 @@ def _to_onnx(wrapper: nn.Module, image_size: int, opset: int, batch: int | None)
             lg.setLevel(level)
 
 
-def write_atomically(data: bytes, path: Path) -> None:
-    """``data`` to ``path`` through a temporary file and a rename (:func:`ssd.paths.write_atomically`): a reader
-    never sees half a model. A failure is an :class:`SSDError` naming the file."""
-    from ssd.paths import write_atomically as write_file
-
-    try:
-        write_file(path, lambda f: f.write(data))
-    except OSError as err:
-        raise SSDError(f"{path}: cannot write ({err.strerror or err})") from err
-
-
 def _verify(wrapper: nn.Module, path: Path, image_size: int, batch: int | None) -> float | None:
     """The largest difference between onnxruntime's outputs and PyTorch's on a random batch (``None`` without
     onnxruntime); :class:`SSDError` above 1e-3."""
@@ -247,7 +237,8 @@ def export_onnx(
     except Exception as err:
         raise SSDError(f"the exported graph does not pass onnx.checker: {err}") from err
     path = Path(path)
-    write_atomically(proto.SerializeToString(), path)
+    data = proto.SerializeToString()
+    write_atomically(path, lambda f: f.write(data))
     max_diff = _verify(wrapper, path, config.image_size, batch) if verify else None
     return {
         "path": str(path),

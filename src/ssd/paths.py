@@ -1,6 +1,6 @@
 """Path rules for every command: no output path may be one of the command's inputs, no file name read from a
-dataset file leaves the folder it names a file in, and every file is written whole or not at all
-(:func:`write_atomically`).
+dataset file leaves the folder it names a file in, and outputs that must never be seen half written
+(checkpoints, models, indexes, drawings, detection files) are written whole or not at all (:func:`write_atomically`).
 
 Each command lists the files it will write (with the option that names them) and the files it reads, and calls
 :func:`refuse_to_overwrite_inputs` before any work, so a typo such as ``ssd export model.ckpt model.ckpt`` or
@@ -84,13 +84,13 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        mode = path.stat().st_mode & 0o7777
+        mode = path.stat().st_mode & 0o777  # permission bits only: never a replaced file's setuid or setgid
     except OSError:
         mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            if hasattr(os, "fchmod"):  # not on Windows, where the umask does not apply
+            if os.name == "posix":  # Windows has only a read-only bit, which would stop the clean-up below
                 os.fchmod(f.fileno(), mode)
             write(f)
             if sync:

@@ -157,7 +157,8 @@ def quantize_onnx(
     import onnx
 
     from ssd.detector import Detector
-    from ssd.export import export_onnx, write_atomically
+    from ssd.export import export_onnx
+    from ssd.paths import write_atomically
     from ssd.progress import progress as progress_bar
 
     q = _require_quantization()
@@ -183,5 +184,6 @@ def quantize_onnx(
               "calibration_images": reader.used, "calibration_source": str(source), "float": "the first convolution"}  # fmt: skip
     entry = proto.metadata_props.add()
     entry.key, entry.value = "ssd.quantization", json.dumps(record)
-    write_atomically(proto.SerializeToString(), Path(path))
+    data = proto.SerializeToString()
+    write_atomically(Path(path), lambda f: f.write(data))
     return {**info, "path": str(path), "calibration_images": reader.used, "skipped": reader.skipped}

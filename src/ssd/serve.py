@@ -346,6 +346,8 @@ class DetectEndpoint:
                       deadline: float) -> dict[str, Any]:  # fmt: skip
         from starlette.concurrency import run_in_threadpool
 
+        if deadline <= asyncio.get_running_loop().time():  # admitted as the deadline passed: decode nothing
+            raise HTTPProblem(504, f"no answer within {self.limits.request_timeout_s:g} s (the service is overloaded)")
         image = await run_in_threadpool(decode_upload, data, name, self.limits.max_pixels)
         prepared = await run_in_threadpool(self.detector.prepare, image, name)
         fut = self.batcher.submit(Job(image=prepared, settings=settings))

@@ -37,7 +37,8 @@ def is_tensor_dict(obj: Any) -> bool:
 
 
 def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, Tensor]:
-    """A state dict from a file on the CPU, read with ``torch.load(weights_only=True)`` (nothing in it runs).
+    """A state dict from a file on the CPU, read with :func:`ssd.convert.torch_file.restricted_load` (nothing in it
+    runs, and it cannot declare more storage than its own size; zip and legacy torch files alike).
 
     A dict holding the state dict under ``model`` or ``state_dict`` is unwrapped. ``what`` names the file
     in errors (``--pretrained-base``, ``torchvision weights``). Raises :class:`SSDError`.
@@ -45,8 +46,12 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise SSDError(f"{what}: file not found: {path}")
+    from ssd.convert.torch_file import restricted_load  # bounded by the file's size, in either torch format
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = restricted_load(path)
+    except SSDError as err:
+        raise SSDError(f"{what}: cannot read {path} as a state dict ({str(err)[:200]})") from err
     except Exception as err:  # a corrupt or non-torch file fails in many ways
         raise SSDError(
             f"{what}: cannot read {path} as a state dict ({type(err).__name__}: {str(err)[:200]})"

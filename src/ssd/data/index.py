@@ -267,7 +267,7 @@ def voc_classes_of(voc_roots: Iterable[str | Path], splits: Sequence[str]) -> tu
 
 def _voc_todo(sources: Sequence[tuple[str | Path, str]], issues: _Collector) -> list[tuple[Path, str, str]]:
     """(root, split, image id) for each id of each image set, once: an id listed twice, or one that would leave
-    the dataset's folders (a path, ``..``), is reported and skipped."""
+    the dataset's folders (absolute, ``..``), is reported and skipped; ids in subfolders are kept."""
     from ssd.data.voc import read_image_set
 
     todo, seen = [], set()
@@ -277,8 +277,8 @@ def _voc_todo(sources: Sequence[tuple[str | Path, str]], issues: _Collector) -> 
             raise SSDError(f"VOC folder not found: {root}")
         listing = root / "ImageSets" / "Main" / f"{split}.txt"
         for image_id in read_image_set(root, split):
-            if not stays_inside(image_id) or "/" in image_id or "\\" in image_id:
-                issues.add(listing, f"image id {image_id!r} is not a plain file name", "skipped image")
+            if not stays_inside(image_id):
+                issues.add(listing, f"image id {image_id!r} leaves the dataset's folders", "skipped image")
             elif (root.resolve(), image_id) in seen:
                 issues.add(listing, f"image id {image_id!r} is listed twice", "skipped image")
             else:
@@ -377,19 +377,19 @@ def _read_coco(annotations: Path) -> tuple[list, list, list]:
 
 
 def _coco_labels(categories: list, classes: Sequence[str] | None, annotations: Path) -> tuple[tuple[str, ...], dict]:
-    """(class names, label of each category id); a category that is not an ``{id, name}`` pair, or an id or a name
-    listed twice, is an error: labels would otherwise depend on which entry wins."""
+    """(class names, label of each category id); a category that is not an ``{id, name}`` pair, or an id listed
+    twice, is an error (labels would depend on which entry wins); a name under two ids is one class."""
     names_of: dict[int | str, str] = {}
     for c in categories:
         if not isinstance(c, dict) or not _is_id(c.get("id")) or not isinstance(c.get("name"), str):
             raise SSDError(f"{annotations}: malformed category {str(c)[:80]} (each needs an integer id and a name)")
         if c["id"] in names_of:
             raise SSDError(f"{annotations}: category id {c['id']!r} is listed twice ({names_of[c['id']]!r}, {c['name']!r})")
-        if c["name"] in names_of.values():
-            raise SSDError(f"{annotations}: category name {c['name']!r} is listed twice")
         names_of[c["id"]] = c["name"]
     by_id = sorted(names_of.items(), key=lambda item: (isinstance(item[0], str), item[0]))
-    classes = tuple(name for _, name in by_id) if classes is None else tuple(classes)
+    # A name listed under two ids (exports often repeat a class as its own supercategory) is one class: both
+    # ids get its label, never two labels for one name.
+    classes = tuple(dict.fromkeys(name for _, name in by_id)) if classes is None else tuple(classes)
     label_of_name = {c: i for i, c in enumerate(classes, start=1)}
     return classes, {cat_id: label_of_name.get(name) for cat_id, name in by_id}
 
