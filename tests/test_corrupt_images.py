@@ -61,6 +61,7 @@ def _reason(path: Path) -> str:
     return str(err.value).split(": ", 1)[1]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_no_damaged_file_crashes_the_decoder(damaged):
     code = "import sys\nfrom ssd.data.image import load_image\nfor p in sys.argv[1:]:\n    try:\n        load_image(p)\n" \
            "    except Exception as e:\n        print(type(e).__name__)\n"  # fmt: skip

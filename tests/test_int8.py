@@ -57,6 +57,7 @@ def test_calibration_files_are_a_fixed_sample_and_bad_sources_are_named(small, t
             calibration_files(source, count)
 
 
+@pytest.mark.slow  # a browser, a subprocess or a quantization
 def test_int8_export_loads_wherever_a_model_loads(small, tmp_path, capsys, caplog, monkeypatch):
     out = tmp_path / "small-int8.onnx"
     argv = ["export", small["ckpt"], out, "--int8", "--calibrate", small["images"], "--calibration-images", "4"]

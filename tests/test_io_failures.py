@@ -111,6 +111,7 @@ def test_a_folder_that_refuses_writes_is_a_message(tmp_path, monkeypatch, capsys
     assert f"skipped {tmp_path / 'images' / 'a.png'}: cannot write {out / 'det' / 'a.png'}: Permission denied" in err
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_a_checkpoint_write_that_runs_out_of_room_is_an_oserror_at_any_point(tmp_path):
     """torch.save reports a failed write as a RuntimeError naming no cause; the writer gives back the OSError behind
     it (here EFBIG from the file-size limit, ENOSPC on a full disk) wherever the write stops, and leaves no file."""

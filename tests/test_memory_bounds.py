@@ -32,6 +32,7 @@ _START = _kib("VmRSS")
 """
 REPORT = "\nprint('GROWTH_MIB', (_kib('VmHWM') - _START) / 1024)\n"
 MIB = 1024 * 1024
+pytestmark = pytest.mark.slow  # each attack runs in a fresh interpreter
 
 
 def _growth_mib(code: str, setup: str = "") -> tuple[float, str]:

@@ -101,11 +101,13 @@ def with_small_settings(code: str, replacements: dict[str, str]) -> str:
     return code
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_detector_snippet(snippet_dir):
     out = run_snippet(snippet("from ssd import Detector"), snippet_dir)
     assert all(line.split()[0] in ("street.jpg", "dog.png") for line in out.splitlines())
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_python_api_snippet(snippet_dir):
     code = snippet("import torch, ssd") + "\nprint(loc_offsets.shape, cls_logits.shape, len(detections))\n"
     assert run_snippet(code, snippet_dir).split() == ["torch.Size([2,", "8732,", "4])", "torch.Size([2,", "8732,",

@@ -354,6 +354,7 @@ def _chromium() -> tuple[str, str]:
     return browser, driver
 
 
+@pytest.mark.slow  # a browser, a subprocess or a quantization
 def test_web_page_in_headless_chromium(server, client, images, tmp_path):
     browser, driver_path = _chromium()
     from selenium import webdriver
@@ -415,6 +416,7 @@ def test_web_page_in_headless_chromium(server, client, images, tmp_path):
 # --- the command line -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a browser, a subprocess or a quantization
 def test_cli_serve_runs_the_service(checkpoint, images):
     """`ssd serve` (through its register/run, as ssd.cli registers it) answers on the chosen loopback port."""
     import subprocess

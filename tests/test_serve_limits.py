@@ -19,6 +19,8 @@ from ssd.detector import Detector  # noqa: E402
 from ssd.errors import SSDError  # noqa: E402
 from ssd.serve import ServeLimits, create_app  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real servers, with deadlines of seconds
+
 
 def _open(server: Server, first_bytes: bytes = b"") -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
