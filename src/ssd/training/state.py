@@ -2,7 +2,8 @@
 
 ``last.ckpt`` holds the model, the optimiser, the schedule, the fp16 scaler, the step, the training time spent and
 the RNG states, written atomically, and only from a state worth resuming: no more skipped steps than allowed and
-finite weights (:class:`RunState`). A resumed run restores all of it and continues bit for bit. With ``--val``,
+finite weights (:class:`RunState`). A resumed run restores all of it and continues bit for bit on the CPU
+(``tests/test_engine.py``; GPU kernels are not bit-reproducible). With ``--val``,
 ``best.ckpt`` holds the weights of the best evaluation so far (its mAP, step and split under ``eval``); the best
 figure travels in ``last.ckpt`` so that a resumed run only replaces best.ckpt with a better one.
 """
