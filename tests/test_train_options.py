@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ssd.errors import SSDError
 from ssd.training.config import RESUME_OVERRIDABLE, TrainConfig, flag_of
@@ -100,3 +101,30 @@ def test_a_schedule_that_cannot_be_meant_is_refused_or_warned_about():
     assert (ok.iterations, ok.warmup) == (400, 40)
     assert "milestones 80000, 100000 lie at or past the run's end (400 iterations" in ok.warnings()[0]
     assert resolve_schedule(dataclasses.replace(cfg, reference_batch=8, warmup=40, milestones=(320,))).warnings() == []
+
+
+def test_the_tutorial_recipe_trains_on_the_tutorials_loss(tutorial_golden, monkeypatch, tmp_path):
+    """``ssd train --recipe tutorial`` resolves to the tutorial's choices (L1 mean over 4 x positives, its matching:
+    the last object keeps a shared best prior, a batch of 8), and the loss training builds from that configuration
+    equals the golden computed by the tutorial's own code."""
+    import ssd.training.loop
+    from ssd.cli import main
+    from ssd.loss import pad_targets
+    from ssd.training.step import make_loss
+
+    seen = {}
+
+    def capture(cfg, **kwargs):
+        seen["cfg"] = cfg
+        raise SSDError("captured")
+
+    monkeypatch.setattr(ssd.training.loop, "train", capture)
+    assert main(["train", "--recipe", "tutorial", "--data", str(tmp_path / "train.json"), "--out", str(tmp_path / "run")]) == 2
+    cfg = seen["cfg"]
+    assert (cfg.loc_loss, cfg.matching, cfg.batch_size) == ("l1_mean", "tutorial", 8)
+    g = tutorial_golden
+    gt_boxes, gt_labels = pad_targets([g["gt_boxes_xyxy_rel_0"], g["gt_boxes_xyxy_rel_1"]], [g["gt_labels_0"], g["gt_labels_1"]])
+    out = make_loss(g["priors_cxcy"], cfg.loc_loss, cfg.matching, compiled=False)(g["loc_offsets"], g["cls_logits"], gt_boxes, gt_labels)
+    torch.testing.assert_close(out.loc, g["loss_loc_l1_mean"], rtol=1e-6, atol=0)
+    torch.testing.assert_close(out.cls, g["loss_conf"], rtol=1e-6, atol=0)
+    torch.testing.assert_close(out.total, g["loss_total"], rtol=1e-6, atol=0)
