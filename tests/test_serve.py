@@ -277,16 +277,22 @@ def test_load_is_batched_and_correct(client, images, expected):
     assert after["server_errors"] == 0
 
 
-def test_full_queue_gives_503_and_slow_model_504(detector, images):
-    """A model slowed down to 0.3 s a batch, a queue of 1 and a timeout of 1 s: 503s and 504s, then recovery."""
+def slowed(detector: Detector, seconds: float) -> Detector:
+    """``detector`` with every forward pass ``seconds`` longer (its model and settings shared)."""
 
     class Slow(Detector):
         def run_batch(self, images):
-            time.sleep(0.3)
+            time.sleep(seconds)
             return super().run_batch(images)
 
     slow = Detector.__new__(Slow)
     slow.__dict__.update(detector.__dict__)
+    return slow
+
+
+def test_full_queue_gives_503_and_slow_model_504(detector, images):
+    """A model slowed down to 0.3 s a batch, a queue of 1 and a timeout of 1 s: 503s and 504s, then recovery."""
+    slow = slowed(detector, 0.3)
     app = create_app(slow, ServeLimits(batch_window_ms=0, max_batch=1, queue_size=1, request_timeout_s=1.0))
     data = images[0].read_bytes()
     with Server(app) as s:

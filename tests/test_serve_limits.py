@@ -11,11 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from test_serve import Server, _png, checkpoint, detector  # noqa: F401  (fixtures)
+from test_serve import Server, _png, checkpoint, detector, slowed  # noqa: F401  (fixtures)
 
 import httpx  # noqa: E402  (test_serve skips the module when the serve extras are missing)
 
-from ssd.detector import Detector  # noqa: E402
 from ssd.errors import SSDError  # noqa: E402
 from ssd.serve import ServeLimits, create_app  # noqa: E402
 
@@ -128,20 +127,14 @@ def test_decoded_pixels_in_flight_stay_within_the_budget(detector, monkeypatch):
     without being decoded at all, one admitted too late for its answer 504."""
     import ssd.serve
 
-    class Slow(Detector):
-        def run_batch(self, images):
-            time.sleep(1.0)
-            return super().run_batch(images)
-
-    slow = Detector.__new__(Slow)
-    slow.__dict__.update(detector.__dict__)
+    slow = slowed(detector, 1.0)
     decoded, alive, peak, lock = [], [0], [0], threading.Lock()
     real_decode, real_detect = ssd.serve.decode_upload, ssd.serve.DetectEndpoint._detect
 
-    def counting_decode(data, name, max_pixels):
+    def counting_decode(data, name, *args):
         with lock:
             decoded.append(name)
-        return real_decode(data, name, max_pixels)
+        return real_decode(data, name, *args)
 
     async def counting_detect(self, *args):  # the scope in which a request holds its decoded image
         with lock:
@@ -208,13 +201,7 @@ def test_uploads_in_flight_are_bounded_before_they_are_read(detector):  # noqa: 
     import numpy as np
     from PIL import Image
 
-    class Slow(Detector):
-        def run_batch(self, images):
-            time.sleep(2.5)
-            return super().run_batch(images)
-
-    slow = Detector.__new__(Slow)
-    slow.__dict__.update(detector.__dict__)
+    slow = slowed(detector, 2.5)
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 120, 3), dtype=np.uint8)).save(buf, format="PNG")
     big = buf.getvalue()

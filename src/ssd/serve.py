@@ -105,13 +105,15 @@ def upload_pixels(data: bytes, name: str, max_pixels: int) -> tuple[int, bool]:
     return w * h, True
 
 
-def decode_upload(data: bytes, name: str, max_pixels: int) -> "torch.Tensor":
+def decode_upload(data: bytes, name: str, max_pixels: int, header_ok: bool | None = None) -> "torch.Tensor":
     """Uploaded bytes -> uint8 RGB (3, H, W), upright, decoded in memory exactly as
     :func:`ssd.detector.load_image` decodes the same file (so the service and ``Detector`` agree). Huge images are
-    refused from their header, before decoding. Raises :class:`HTTPProblem`."""
+    refused from their header, before decoding (``header_ok``: :func:`upload_pixels` ran already and said whether
+    the header was readable). Raises :class:`HTTPProblem`."""
     from ssd.data.image import decode_image_bytes
 
-    _, header_ok = upload_pixels(data, name, max_pixels)
+    if header_ok is None:
+        _, header_ok = upload_pixels(data, name, max_pixels)
     try:
         image = decode_image_bytes(data, name)
     except SSDError as err:
@@ -338,17 +340,17 @@ class DetectEndpoint:
                                   counter="upload_timeouts") from None  # fmt: skip
             settings, annotated = parse_settings(params, self.detector)
             deadline = loop.time() + limits.request_timeout_s
-            pixels, _ = await run_in_threadpool(upload_pixels, data, name, limits.max_pixels)
+            pixels, header_ok = await run_in_threadpool(upload_pixels, data, name, limits.max_pixels)
             async with self.pixels.hold(pixels, deadline - loop.time()):  # room for it before it is decoded
-                return await self._detect(data, name, settings, annotated, deadline)
+                return await self._detect(data, name, header_ok, settings, annotated, deadline)
 
-    async def _detect(self, data: bytes, name: str, settings: DetectSettings, annotated: bool,
+    async def _detect(self, data: bytes, name: str, header_ok: bool, settings: DetectSettings, annotated: bool,
                       deadline: float) -> dict[str, Any]:  # fmt: skip
         from starlette.concurrency import run_in_threadpool
 
         if deadline <= asyncio.get_running_loop().time():  # admitted as the deadline passed: decode nothing
             raise HTTPProblem(504, f"no answer within {self.limits.request_timeout_s:g} s (the service is overloaded)")
-        image = await run_in_threadpool(decode_upload, data, name, self.limits.max_pixels)
+        image = await run_in_threadpool(decode_upload, data, name, self.limits.max_pixels, header_ok)
         prepared = await run_in_threadpool(self.detector.prepare, image, name)
         fut = self.batcher.submit(Job(image=prepared, settings=settings))
         try:
