@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from argparse import Namespace
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import GOLDENS, VOCMINI, need
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "compare.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_compare", BENCH)
+def _load(script: str = "compare"):
+    spec = importlib.util.spec_from_file_location(f"bench_{script}", BENCH.parent / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -55,9 +59,7 @@ def test_demo_ablation_dry_run(tmp_path, capsys):
     whatever the order asked, and the record holds the drops against it."""
     import json
 
-    spec = importlib.util.spec_from_file_location("bench_demo_ablation", BENCH.parent / "demo_ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load("demo_ablation")
     out = tmp_path / "ablation"
     argv = ["--out", str(out), "--iterations", "2", "--train-images", "16", "--test-images", "4", "--device", "cpu",
             "--change", "no-box-mirroring", "--change", "none", "--change", "no-forced-match", "--set", "lr=0.002",
@@ -87,3 +89,27 @@ def test_demo_ablation_dry_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         module.main(["--out", str(bad), "--set", "lr"])
     assert exc.value.code == 2
+
+
+def test_tutorial_rules_against_the_devkit_goldens(capsys):
+    """``bench/tutorial_vs_devkit_map.py``'s figures in docs/evaluation.md: its scorer with every switch set the
+    devkit's way reproduces both goldens' devkit mAP, and the tutorial's rules give the documented numbers."""
+    import json
+
+    need(GOLDENS / "voc_devkit" / "edge_cases")
+    need(VOCMINI)
+    assert _load("tutorial_vs_devkit_map").main(["--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for rows in report.values():
+        expected = rows["expected (golden, devkit)"]
+        assert rows["ssd.evaluate (devkit rules)"] == pytest.approx(expected, abs=1e-9)
+        assert rows["bench, devkit rules"] == pytest.approx(expected, abs=1e-9)
+    mini, edge = report["vocmini_test"], report["edge_cases"]
+    assert mini["expected (golden, devkit)"] == pytest.approx(0.3380806534, abs=1e-10)
+    assert mini["bench, tutorial rules"] == pytest.approx(0.3387802243, abs=1e-7)  # float32: a few ulps of slack
+    assert mini["devkit but only: no +1 pixel"] == pytest.approx(0.3377730700, abs=1e-9)
+    assert mini["devkit but only: float32 + arange thresholds"] == pytest.approx(0.3390246928, abs=1e-7)
+    assert edge["expected (golden, devkit)"] == pytest.approx(0.8450, abs=5e-5)
+    assert edge["bench, tutorial rules"] == pytest.approx(0.0768, abs=5e-5)
+    assert edge["devkit but only: no +1 pixel"] == pytest.approx(0.5117, abs=5e-5)
+    assert edge["devkit but only: AP 0 for no-positive classes"] == pytest.approx(0.1268, abs=5e-5)

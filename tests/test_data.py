@@ -967,3 +967,16 @@ def test_verify_decodes_whole_files_and_reports_truncated_ones(tmp_path, capsys)
     assert [r.id for r in DatasetIndex.load(tmp_path / "verified" / "train.json").images] == [ids[0], ids[2]]
     assert main([*args, "--out", str(tmp_path / "strict"), "--verify", "--on-error", "fail"]) == 2
     assert "truncated" in capsys.readouterr().err
+
+
+def test_jpeg_decoders_agree_on_vocmini():
+    """docs/performance.md's claim behind the decoder order: torchvision's libjpeg-turbo (the fast path) and Pillow
+    (the fallback for what it refuses) give the same pixels, so which one decoded a file never shows in training."""
+    from ssd.data.image import load_image
+
+    files = sorted(need(VOCMINI / "JPEGImages").glob("*.jpg"))[::9]  # 50 of the 450, spread over the ids
+    assert len(files) == 50
+    for path in files:
+        with Image.open(path) as im:
+            pillow = torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1)
+        assert torch.equal(load_image(path), pillow), path.name  # load_image: torchvision's decoder first

@@ -1,4 +1,4 @@
-"""``ssd train``: the paper's recipe by default, resumable, mixed precision, multi-GPU via torchrun.
+"""``ssd train``: the Caffe SSD's recipe by default (``ssd_pascal.py``, as the tutorial), resumable, mixed precision, multi-GPU via torchrun.
 
 The options are :class:`~ssd.training.config.TrainConfig`'s fields, one flag each, built from their declarations
 (type, choices, default, help); ``--recipe`` and ``--config`` choose sets of values. Building the parser imports

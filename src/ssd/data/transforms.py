@@ -1,7 +1,9 @@
-"""The tutorial's training augmentations, and the evaluation transform.
+"""The training augmentations, following the tutorial's code, and the evaluation transform.
 
-Training (the tutorial's augmentations: the paper's zoom-out, crop and flip, and the tutorial's photometric
-distortions, which differ from the original Caffe code's: docs/design.md), on a uint8 image (3, H, W) with boxes
+Training (the tutorial's random choices and ranges: the paper's zoom-out, crop and flip, and the tutorial's
+photometric distortions, which differ from the original Caffe code's: docs/design.md; the choices' frequencies and
+the geometry are tested against those rules in tests/test_transforms.py, the pixels are not compared with the
+tutorial's, which works on PIL images and rounds differently), on a uint8 image (3, H, W) with boxes
 in continuous pixels ``xyxy_abs``:
 
 1. photometric distortions in random order, each with probability 0.5: brightness, contrast and
