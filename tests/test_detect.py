@@ -167,7 +167,7 @@ def test_cli_end_to_end_messy_folder(checkpoint, detector, messy_folder, tmp_pat
     for bad, reason in (("broken.jpg", "truncated"), ("empty.jpg", "empty file"), ("notes.jpg", "not an image")):
         line = next(l for l in proc.stderr.splitlines() if f"skipped {root / bad}" in l)
         assert reason in line, line
-    assert f"3 of {len(sizes) + 3} file(s) could not be processed" in proc.stderr
+    assert f"3 of {len(sizes) + 3} input(s) could not be processed" in proc.stderr
     assert f"{len(sizes)} image(s)" in proc.stdout
 
     # Annotated copies: every good file, same relative name and format, the upright size.

@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -273,6 +273,26 @@ class Detector:
             out.extend(self.finish(self.run_batch(prepared), prepared, settings))
         return out[0] if single else out
 
+    def stream(
+        self, source: str | os.PathLike, *, every: int = 1, max_frames: int | None = None, start: float = 0.0,
+        duration: float | None = None, timeout: float = 10.0, input_format: str | None = None,
+        with_frames: bool = False, **overrides: Any,
+    ) -> Iterator[Any]:  # fmt: skip
+        """Detections on a video file, a stream URL (``rtsp://``, ``http(s)://``, ``udp://``) or a device, frame by
+        frame, lazily: an iterator of :class:`~ssd.video.FrameDetections` (``frame`` index, ``time`` in seconds,
+        ``detections``, and with ``with_frames`` the ``image``, uint8 H x W x 3).
+
+        The network sees one frame in ``every``; ``max_frames`` processed frames at most; ``start`` / ``duration``
+        in seconds; ``timeout`` seconds without data fail an unreachable or stalled source; ``input_format`` names
+        FFmpeg's demuxer or device. Frames are decoded on a thread and batched by ``batch_size`` (a setting, like
+        the other ``overrides``). Needs PyAV (``pip install 'ssd-detector[video]'``); the source is opened at the
+        call, so a bad one raises :class:`SSDError` here.
+        """
+        from ssd.video import VideoOptions, stream_detections
+
+        options = VideoOptions(every, max_frames, float(start), duration, float(timeout), input_format)
+        return stream_detections(self, source, options, with_frames=with_frames, **overrides)
+
     def prepare(self, item: Any, source: str | None = None) -> PreparedImage:
         """Any supported input (module docstring) -> :class:`PreparedImage`; ``source`` names it in the result
         (default: its path, or ``<PIL image>``, ``<array>``, ``<tensor>``)."""
@@ -352,11 +372,14 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def iter_image_files(folder: Path, recursive: bool = True, exclude: Iterable[Path] = ()) -> list[Path]:
-    """Image files under ``folder`` by extension (case-insensitive), sorted by relative path.
+def iter_image_files(folder: Path, recursive: bool = True, exclude: Iterable[Path] = (),
+                     extensions: Iterable[str] = ()) -> list[Path]:  # fmt: skip
+    """Image files (and files with any of ``extensions``) under ``folder`` by extension (case-insensitive),
+    sorted by relative path.
 
     Hidden files and folders (names starting with ``.``) and anything under ``exclude`` are skipped.
     """
+    wanted = IMAGE_EXTENSIONS | {e.lower() for e in extensions}
     excluded = [Path(e).resolve() for e in exclude]
     found = []
     walker = os.walk(folder) if recursive else [(str(folder), [], [f.name for f in folder.iterdir()])]
@@ -367,7 +390,7 @@ def iter_image_files(folder: Path, recursive: bool = True, exclude: Iterable[Pat
             dirs[:] = []
             continue
         for name in files:
-            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+            if name.startswith(".") or Path(name).suffix.lower() not in wanted:
                 continue
             f = root_p / name
             if f.is_file():

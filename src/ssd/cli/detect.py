@@ -1,9 +1,11 @@
-"""``ssd detect``: run a model over image files and folders; annotated copies and a JSON of detections.
+"""``ssd detect``: run a model over images, videos and streams; annotated copies and a JSON of detections.
 
-Inputs are any mix of files and folders. Folders are scanned **recursively** for image extensions
-(``.jpg .jpeg .jpe .png .bmp .gif .tif .tiff .webp``, any case), hidden files and folders and the
-output folder skipped, in sorted order; files named on the command line are tried whatever their
-extension. Each annotated copy goes to ``--out`` under its file name (for a folder, at its path
+Inputs are any mix of files, folders and stream URLs. Folders are scanned **recursively** for image extensions
+(``.jpg .jpeg .jpe .png .bmp .gif .tif .tiff .webp``) and video extensions (:data:`ssd.video.VIDEO_EXTENSIONS`),
+any case, hidden files and folders and the output folder skipped, in sorted order; files named on the command line
+are tried whatever their extension. Whether a file is an image or a video is decided by its content (an animated
+GIF is a video). A video (or a stream: ``rtsp://``, ``http(s)://``, ``udp://``, ...) becomes an annotated MP4 in
+``--out`` and, with ``--json``, a JSON Lines file beside it, one record per processed frame (:mod:`ssd.video`). Each annotated copy goes to ``--out`` under its file name (for a folder, at its path
 relative to that folder), in the same format; when two inputs map to the same output name the later
 ones get ``_1``, ``_2``, ... before the extension (the JSON records every output path).
 
@@ -23,15 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from ssd.cli.checks import add_setting_options, create_dirs, settings_from_args, writable_dir, writable_file
+from ssd.cli.detect_media import IMAGE_FORMATS, Input, add_video_options, collect_inputs, run_video, unique_outputs, video_options
 from ssd.errors import SSDError
 from ssd.paths import refuse_to_overwrite_inputs, write_atomically
 
 EXIT_SOME_FAILED = 1
+EXIT_INTERRUPTED = 130
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".tar", ".bin")
-_PIL_FORMATS = {
-    ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF",
-    ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP",
-}  # fmt: skip
 
 
 _SETTINGS = ("min_score", "max_overlap", "top_k", "suppress", "batch_size")
@@ -44,11 +44,12 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "detect",
-        help="detect objects in images and folders: annotated copies and a JSON of detections",
+        help="detect objects in images, videos, streams and folders: annotated copies and a JSON of detections",
         usage="ssd detect [-h] CHECKPOINT INPUT [INPUT ...] [options]\n"
         "       ssd detect [-h] --onnx MODEL.onnx INPUT [INPUT ...] [options]",
-        description="Run a model over image files and folders (folders are scanned recursively, sorted). "
-        "For each image an annotated copy goes to --out (same file name and format); --json FILE collects "
+        description="Run a model over image files, videos, stream URLs and folders (folders are scanned recursively, "
+        "sorted; images and videos are told apart by content). For each image an annotated copy goes to --out (same "
+        "file name and format), for each video an annotated MP4; --json FILE collects "
         "every detection (file, class name, score, box x1, y1, x2, y2 in pixels of the original image, "
         "pixel i spanning [i, i+1)). Unreadable files are reported and skipped; the exit status is then 1. "
         + defaults_explained(),
@@ -56,12 +57,13 @@ def register(sub) -> None:
         "input size come from its metadata; thresholds, per-class NMS and top-k run after it, as in PyTorch); "
         "leave CHECKPOINT out.",
     )
-    p.add_argument("paths", nargs="+", metavar="CHECKPOINT INPUT", help="an ssd checkpoint (not with --onnx), then image files and folders")
+    p.add_argument("paths", nargs="+", metavar="CHECKPOINT INPUT", help="an ssd checkpoint (not with --onnx), then image files, videos, stream URLs and folders")
     p.add_argument("--out", default="detections", metavar="DIR", help="folder for the annotated copies (default: detections)")
     p.add_argument("--json", metavar="FILE", help="write every detection to this JSON file")
     add_setting_options(p, DetectSettings(), _SETTINGS)
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
     p.add_argument("--onnx", metavar="MODEL.onnx", help="run this exported model with onnxruntime instead of a checkpoint")
+    add_video_options(p)
     p.set_defaults(func=run)
 
 
@@ -87,10 +89,13 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
         v["onnx"], v["checkpoint"] = None, ckpt
     if not paths:
         raise SSDError("give at least one INPUT (image file or folder)")
+    from ssd.video.source import is_stream_url
+
     for p in paths:
-        if not os.path.lexists(p):
-            raise SSDError(f"INPUT {p}: no such file or folder")
-    v["inputs"] = [Path(p) for p in paths]
+        if not is_stream_url(p) and not os.path.lexists(p):
+            raise SSDError(f"INPUT {p}: no such file or folder (a stream is a URL: rtsp://, http(s)://, udp://, ...)")
+    v["inputs"] = [p if is_stream_url(p) else Path(p) for p in paths]
+    v["video"] = video_options(args)
     v["out"] = writable_dir(args.out, "--out")
     v["json"] = writable_file(args.json, "--json") if args.json else None
     from ssd.device import resolve_device
@@ -107,52 +112,11 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
     return v
 
 
-def _collect(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
-    """(file, output path relative to --out) for every input; folders expanded; duplicates once."""
-    from ssd.detector import iter_image_files
-
-    items: list[tuple[Path, Path]] = []
-    seen: set[Path] = set()
-    for inp in inputs:
-        if inp.is_dir():
-            # earlier annotated copies in an --out inside the folder are not inputs; an --out that is the folder
-            # itself (or holds it) is left to refuse_to_overwrite_inputs
-            inside = out_dir.resolve() != inp.resolve() and out_dir.resolve().is_relative_to(inp.resolve())
-            files = iter_image_files(inp, recursive=True, exclude=[out_dir] if inside else [])
-            if not files:
-                raise SSDError(f"INPUT {inp}: no images in this folder (looked for {', '.join(_PIL_FORMATS)})")
-            pairs = [(f, f.relative_to(inp)) for f in files]
-        else:
-            pairs = [(inp, Path(inp.name))]
-        for f, rel in pairs:
-            key = f.resolve()
-            if key in seen:
-                continue
-            seen.add(key)
-            items.append((f, rel))
-    return items
-
-
-def _unique_outputs(items: list[tuple[Path, Path]]) -> list[Path]:
-    used: set[str] = set()
-    outs = []
-    for _, rel in items:
-        suffix = rel.suffix if rel.suffix.lower() in _PIL_FORMATS else rel.suffix + ".png"
-        stem = rel.name[: len(rel.name) - len(rel.suffix)] if rel.suffix else rel.name
-        cand, n = rel.with_name(stem + suffix), 0
-        while str(cand).casefold() in used:  # casefold: distinct on case-insensitive file systems too
-            n += 1
-            cand = rel.with_name(f"{stem}_{n}{suffix}")
-        used.add(str(cand).casefold())
-        outs.append(cand)
-    return outs
-
-
 # --- running -------------------------------------------------------------------------------------
 
 
 def _save(image, path: Path) -> None:
-    fmt = _PIL_FORMATS.get(path.suffix.lower(), "PNG")
+    fmt = IMAGE_FORMATS.get(path.suffix.lower(), "PNG")
     kwargs: dict[str, Any] = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     if fmt in ("JPEG", "BMP") and image.mode != "RGB":
         image = image.convert("RGB")
@@ -185,10 +149,28 @@ class _Run:
         self.detector, self.out_dir, self.bar = detector, out_dir, bar
         self.records: list[dict[str, Any]] = []
         self.failed: list[dict[str, str]] = []
+        self.videos: list[dict[str, Any]] = []
         self.n_detections = 0
         self.pending: list[tuple[Path, Path, Any, Any]] = []  # file, output path, uint8 image, PreparedImage
 
-    def report(self, file: Path, reason: str) -> None:
+    def add_video(self, item: Input, out_rel: Path, with_json: bool, options: Any) -> bool:
+        """One video or stream (images gathered so far go first); False when Ctrl-C ended it (its outputs are
+        complete) and the run should stop."""
+        self.flush()
+        out_path = self.out_dir / out_rel
+        try:
+            summary = run_video(self.detector, item, out_path, out_path.with_suffix(".jsonl") if with_json else None,
+                                options, show_bar=True)  # fmt: skip
+        except SSDError as err:
+            msg, prefix = str(err), f"{item.source}: "
+            self.report(item.source, msg[len(prefix):] if msg.startswith(prefix) else msg)
+            return True
+        self.videos.append(summary.to_dict())
+        self.n_detections += summary.detections
+        self.bar.update(1)
+        return not summary.interrupted
+
+    def report(self, file: Path | str, reason: str) -> None:
         from ssd.progress import message
 
         self.failed.append({"file": str(file), "error": reason})
@@ -233,10 +215,13 @@ class _Run:
 
 def run(args: argparse.Namespace) -> int:
     v = _validate(args)
-    items = _collect(v["inputs"], v["out"])
-    outputs = _unique_outputs(items)
-    writes = [("--out", v["out"] / rel) for rel in outputs] + ([("--json", v["json"])] if v["json"] else [])
-    refuse_to_overwrite_inputs(writes, [file for file, _ in items] + [v["checkpoint"] or v["onnx"]])
+    items = collect_inputs(v["inputs"], v["out"])
+    outputs = unique_outputs(items)
+    writes = [("--out", v["out"] / rel) for rel in outputs]
+    writes += [("--json", v["out"] / rel.with_suffix(".jsonl")) for item, rel in zip(items, outputs) if item.video and v["json"]]
+    writes += [("--json", v["json"])] if v["json"] else []
+    reads = [item.source for item in items if isinstance(item.source, Path)]
+    refuse_to_overwrite_inputs(writes, reads + [v["checkpoint"] or v["onnx"]])
     detector = _load_detector(v)
     # Folders only once the options, the model and the inputs have passed: a refused command leaves nothing.
     create_dirs([(v["out"], "--out")] + ([(v["json"].parent, "--json")] if v["json"] else []))
@@ -244,16 +229,37 @@ def run(args: argparse.Namespace) -> int:
     from ssd.progress import progress
 
     t0 = time.perf_counter()
-    bar = progress(len(items), "detect", "image", enabled=len(items) > 1)
+    unit = "input" if any(item.video for item in items) else "image"
+    bar = progress(len(items), "detect", unit, enabled=len(items) > 1)
     work = _Run(detector, v["out"], bar)
+    interrupted = False
     try:
-        for (file, _), out_rel in zip(items, outputs):
-            work.add(file, out_rel)
+        for item, out_rel in zip(items, outputs):
+            if not item.video:
+                work.add(item.source, out_rel)
+            elif not work.add_video(item, out_rel, v["json"] is not None, v["video"]):
+                interrupted = True
+                break
         work.flush()
     finally:
         bar.close()
-    elapsed = time.perf_counter() - t0
+    _finish(v, detector, work, time.perf_counter() - t0)
+    if interrupted:
+        print("ssd detect: interrupted (Ctrl-C); the outputs written so far are complete", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if work.failed:
+        failed = work.failed
+        print(
+            f"ssd detect: {len(failed)} of {len(items)} input(s) could not be processed: "
+            + ", ".join(f["file"] for f in failed[:5]) + (", ..." if len(failed) > 5 else ""),
+            file=sys.stderr,
+        )
+        return EXIT_SOME_FAILED
+    return 0
 
+
+def _finish(v: dict[str, Any], detector, work: _Run, elapsed: float) -> None:
+    """The JSON summary (with --json) and the closing line."""
     if v["json"] is not None:
         payload = {
             "model": str(v["onnx"] or v["checkpoint"]),
@@ -262,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
             "settings": detector.settings.decoding_dict(),
             "box_format": "x1, y1, x2, y2 in pixels of the original image (pixel i spans [i, i+1))",
             "images": work.records,
+            "videos": work.videos,
             "failed": work.failed,
         }
         try:
@@ -270,15 +277,8 @@ def run(args: argparse.Namespace) -> int:
             raise SSDError(f"--json {v['json']}: cannot write ({err.strerror or err})") from err
 
     done = len(work.records)
-    rate = f", {done / elapsed:.1f} images/s" if elapsed > 0 and done else ""
-    where = f"annotated images in {v['out']}" + (f", detections in {v['json']}" if v["json"] else "")
-    print(f"ssd detect: {done} image(s), {work.n_detections} detection(s){rate}; {where}")
-    if work.failed:
-        failed = work.failed
-        print(
-            f"ssd detect: {len(failed)} of {len(items)} file(s) could not be processed: "
-            + ", ".join(f["file"] for f in failed[:5]) + (", ..." if len(failed) > 5 else ""),
-            file=sys.stderr,
-        )
-        return EXIT_SOME_FAILED
-    return 0
+    rate = f", {done / elapsed:.1f} images/s" if elapsed > 0 and done and not work.videos else ""
+    frames = sum(s["frames"] for s in work.videos)
+    videos = f", {len(work.videos)} video(s) ({frames} frames)" if work.videos else ""
+    where = f"annotated copies in {v['out']}" + (f", detections in {v['json']}" if v["json"] else "")
+    print(f"ssd detect: {done} image(s){videos}, {work.n_detections} detection(s){rate}; {where}")
