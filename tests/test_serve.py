@@ -360,19 +360,60 @@ def _chromium() -> tuple[str, str]:
     return browser, driver
 
 
-@pytest.mark.slow  # a browser, a subprocess or a quantization
-def test_web_page_in_headless_chromium(server, client, images, tmp_path):
+def _headless_chromium(*extra: str):
+    """A selenium driver on Debian's headless Chromium (skips the test where there is none)."""
     browser, driver_path = _chromium()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,900"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,900",
+                *extra):  # fmt: skip
         options.add_argument(arg)
-    drv = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    return webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+
+
+@pytest.mark.slow  # a browser
+def test_camera_mode_in_headless_chromium(server):
+    """The camera mode with Chromium's fake camera: frames are answered one at a time, boxes drawn over the live
+    video as the last answer gives them, the frame rate shown, and the slider applies to the next frames."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    drv = _headless_chromium("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+    try:
+        drv.get(server.url + "/")
+        WebDriverWait(drv, 15).until(lambda d: "classes" in d.find_element(By.ID, "model-info").text)
+        drv.execute_script("const s = document.getElementById('min-score'); s.value = 0.05; s.dispatchEvent(new Event('input'));")
+        drv.find_element(By.ID, "camera").click()
+        WebDriverWait(drv, 30).until(lambda d: d.execute_script("return window.cameraStats.answered") >= 3)
+        stats = drv.execute_script("return window.cameraStats")
+        assert stats["sent"] - stats["answered"] <= 1  # one request in flight, never a queue
+        assert "frames/s" in drv.find_element(By.ID, "status").text and stats["fps"] > 0
+        WebDriverWait(drv, 10).until(lambda d: d.execute_script(
+            "return window.cameraStats.boxesDrawn === window.lastResult.detections.length && window.cameraStats.boxesDrawn > 0"))
+        w, h = drv.execute_script("const v = document.getElementById('video'); return [v.videoWidth, v.videoHeight];")
+        assert [w, h] == drv.execute_script("return [window.lastResult.width, window.lastResult.height]") and w > 0
+        rows = drv.find_elements(By.CSS_SELECTOR, "#detections tbody tr")
+        assert len(rows) == drv.execute_script("return window.lastResult.detections.length")
+        drv.execute_script("const s = document.getElementById('min-score'); s.value = 0.9; s.dispatchEvent(new Event('input'));")
+        WebDriverWait(drv, 20).until(lambda d: d.execute_script("return window.lastResult.settings.min_score") == 0.9)
+        drv.find_element(By.ID, "camera").click()  # stop: no more frames are sent
+        sent = drv.execute_script("return window.cameraStats.sent")
+        time.sleep(1.0)
+        assert drv.execute_script("return window.cameraStats.sent") <= sent + 1
+        assert drv.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "idle"
+    finally:
+        drv.quit()
+
+
+@pytest.mark.slow  # a browser, a subprocess or a quantization
+def test_web_page_in_headless_chromium(server, client, images, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    drv = _headless_chromium()
     try:
         drv.get(server.url + "/")
         WebDriverWait(drv, 15).until(lambda d: "classes" in d.find_element(By.ID, "model-info").text)

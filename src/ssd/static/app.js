@@ -1,7 +1,10 @@
-// The page of `ssd serve`: pick or drop an image, POST it to /detect, draw the boxes and list them.
+// The page of `ssd serve`: pick or drop an image, POST it to /detect, draw the boxes and list them; or the camera:
+// frames sent one at a time (one request in flight, frames in between dropped), boxes drawn live over the video.
 "use strict";
 
-const state = { model: null, file: null, image: null, result: null, seq: 0, timer: null };
+const state = { model: null, file: null, image: null, result: null, seq: 0, timer: null, camera: null };
+// what the camera loop did, for the page's status and for tests: frames answered, boxes drawn over the last one
+window.cameraStats = { sent: 0, answered: 0, boxesDrawn: 0, fps: 0 };
 const $ = (id) => document.getElementById(id);
 
 function colorOf(label) {
@@ -38,13 +41,14 @@ async function loadModel() {
 function draw() {
   const canvas = $("canvas");
   const ctx = canvas.getContext("2d");
-  const img = state.image;
-  if (!img) return;
-  canvas.width = img.naturalWidth;
-  canvas.height = img.naturalHeight;
+  const img = state.camera ? $("video") : state.image;
+  if (!img) return 0;
+  const w = img.naturalWidth || img.videoWidth, h = img.naturalHeight || img.videoHeight;
+  if (!w || !h) return 0;
+  if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
   ctx.drawImage(img, 0, 0);
   const res = state.result;
-  if (!res) return;
+  if (!res) return 0;
   const side = Math.sqrt(canvas.width * canvas.height);
   const lw = Math.max(2, Math.round(side / 250));
   const fs = Math.max(12, Math.round(side / 32));
@@ -71,6 +75,7 @@ function draw() {
     ctx.fillStyle = textColor(colorOf(d.label));
     ctx.fillText(text, tx + pad, ty + pad);
   }
+  return dets.length;
 }
 
 function fillTable() {
@@ -100,7 +105,7 @@ function fillTable() {
 }
 
 async function detect() {
-  if (!state.file) return;
+  if (!state.file || state.camera) return;
   const seq = ++state.seq;
   const minScore = $("min-score").value;
   const form = new FormData();
@@ -134,6 +139,7 @@ async function detect() {
 
 function useFile(file) {
   if (!file) return;
+  stopCamera();
   state.file = file;
   state.result = null;
   const url = URL.createObjectURL(file);
@@ -153,4 +159,83 @@ $("min-score").addEventListener("input", () => {
   clearTimeout(state.timer);
   state.timer = setTimeout(detect, 150);
 });
+// --- the camera ---------------------------------------------------------------------------------
+
+async function startCamera() {
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+  } catch (e) {
+    setStatus(`cannot use the camera: ${e.name || e}`, true);
+    return;
+  }
+  const video = $("video");
+  video.srcObject = stream;
+  await video.play();
+  state.camera = { stream, answeredAt: [], running: true };
+  state.result = null;
+  window.cameraStats = { sent: 0, answered: 0, boxesDrawn: 0, fps: 0 };
+  $("camera").textContent = "Stop the camera";
+  $("camera").classList.add("on");
+  document.body.dataset.state = "camera";
+  requestAnimationFrame(paintCamera);
+  sendFrame();
+}
+
+function stopCamera() {
+  const cam = state.camera;
+  if (!cam) return;
+  cam.running = false;
+  cam.stream.getTracks().forEach((t) => t.stop());
+  state.camera = null;
+  $("camera").textContent = "Use the camera";
+  $("camera").classList.remove("on");
+  document.body.dataset.state = "idle";
+}
+
+function paintCamera() {
+  if (!state.camera) return;
+  window.cameraStats.boxesDrawn = draw();
+  requestAnimationFrame(paintCamera);
+}
+
+// One request in flight: the next frame is grabbed only when the answer to the last one has come back.
+async function sendFrame() {
+  const cam = state.camera;
+  if (!cam || !cam.running) return;
+  const video = $("video");
+  const grab = document.createElement("canvas");
+  grab.width = video.videoWidth;
+  grab.height = video.videoHeight;
+  grab.getContext("2d").drawImage(video, 0, 0);
+  const blob = await new Promise((resolve) => grab.toBlob(resolve, "image/jpeg", 0.85));
+  const minScore = $("min-score").value;
+  window.cameraStats.sent += 1;
+  try {
+    const r = await fetch(`/detect?min_score=${encodeURIComponent(minScore)}`, { method: "POST", body: blob,
+      headers: { "Content-Type": "image/jpeg" } });
+    const data = await r.json();
+    if (state.camera !== cam) return;
+    if (r.ok) {
+      state.result = data;
+      window.lastResult = data;
+      fillTable();
+      const now = performance.now();
+      cam.answeredAt = cam.answeredAt.filter((t) => now - t < 2000).concat([now]);
+      const span = (now - cam.answeredAt[0]) / 1000;
+      window.cameraStats.fps = span > 0 ? (cam.answeredAt.length - 1) / span : 0;
+      window.cameraStats.answered += 1;
+      setStatus(`camera · ${window.cameraStats.fps.toFixed(1)} frames/s · ${data.detections.length} detections · min score ${minScore}`);
+    } else {
+      setStatus(`error ${r.status}: ${data.detail}`, true);
+    }
+  } catch (e) {
+    if (state.camera !== cam) return;
+    setStatus(`request failed: ${e}`, true);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+  sendFrame();
+}
+
+$("camera").addEventListener("click", () => (state.camera ? stopCamera() : startCamera()));
 loadModel();
