@@ -113,3 +113,20 @@ def test_tutorial_rules_against_the_devkit_goldens(capsys):
     assert edge["bench, tutorial rules"] == pytest.approx(0.0768, abs=5e-5)
     assert edge["devkit but only: no +1 pixel"] == pytest.approx(0.5117, abs=5e-5)
     assert edge["devkit but only: AP 0 for no-positive classes"] == pytest.approx(0.1268, abs=5e-5)
+
+
+@pytest.mark.slow
+def test_video_bench_runs_and_counts_every_frame(tmp_path):
+    """``bench/video.py`` (docs/performance.md's video figures), on a short small clip: every frame of the clip goes
+    through ``annotate_video`` and both throughputs are measured."""
+    import json
+
+    pytest.importorskip("av")
+    out = tmp_path / "video.json"
+    args = ["--seconds", "0.5", "--width", "320", "--height", "240", "--rate", "20", "--batch-size", "4",
+            "--windows", "1", "--iters", "1", "--threads", "1", "--out", str(out)]  # fmt: skip
+    assert _load("video").main(args) == 0
+    record = json.loads(out.read_text())
+    assert record["frames"] == 10 and record["clip"] == "320x240, 20 fps, 10 frames"
+    assert record["network_img_per_s"] > 0 and record["video_frames_per_s"] > 0
+    assert record["ratio"] == pytest.approx(record["video_frames_per_s"] / record["network_img_per_s"], abs=0.01)

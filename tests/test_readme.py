@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import VOCMINI, need
@@ -103,8 +104,25 @@ def with_small_settings(code: str, replacements: dict[str, str]) -> str:
 
 @pytest.mark.slow  # a fresh interpreter
 def test_the_detector_snippet(snippet_dir):
-    out = run_snippet(snippet("from ssd import Detector"), snippet_dir)
+    out = run_snippet(snippet('from ssd import Detector\ndetector = Detector.from_checkpoint("ssd-demo/run/model.ckpt")\nfor det'),
+                      snippet_dir)  # fmt: skip
     assert all(line.split()[0] in ("street.jpg", "dog.png") for line in out.splitlines())
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_the_video_snippet(snippet_dir):
+    av = pytest.importorskip("av")
+    container = av.open(str(snippet_dir / "clip.mp4"), "w")
+    stream = container.add_stream("libx264", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+    for i in range(6):
+        pixels = np.full((64, 96, 3), 40 * i, np.uint8)
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+    container.mux(stream.encode(None))
+    container.close()
+    code = snippet('from ssd import Detector\ndetector = Detector.from_checkpoint("ssd-demo/run/model.ckpt")\nfor result')
+    lines = run_snippet(code, snippet_dir).splitlines()
+    assert [line.split()[:2] for line in lines] == [["0", "0.00s"], ["2", "0.20s"], ["4", "0.40s"]]
 
 
 @pytest.mark.slow  # a fresh interpreter

@@ -222,13 +222,19 @@ def _free_corner(size: tuple[int, int], placed: Sequence[Rect], image_size: tupl
     return None
 
 
+@lru_cache(maxsize=8192)
+def _text_bbox(font, text: str) -> tuple[int, int, int, int]:
+    """The text's bounding box at (0, 0), cached: a video's frames repeat the same tags ("person 0.87")."""
+    return tuple(int(v) for v in font.getbbox(text))
+
+
 def _text_width(draw, text: str, font) -> int:
-    box = draw.textbbox((0, 0), text, font=font)
-    return int(box[2] - box[0])
+    box = _text_bbox(font, text)
+    return box[2] - box[0]
 
 
 def _draw_tag(draw, rect: Rect, text: str, colour: tuple[int, int, int], font, pad: int, text_top: int,
               alpha: tuple[int, ...]) -> None:  # fmt: skip
-    left = draw.textbbox((0, 0), text, font=font)[0]
+    left = _text_bbox(font, text)[0]
     draw.rectangle(list(rect), fill=colour + alpha)
     draw.text((rect[0] + pad - left, rect[1] + pad - text_top), text, font=font, fill=text_color(colour) + alpha)
