@@ -329,3 +329,9 @@ def test_video_options_are_checked(checkpoint, clip, tmp_path, capsys):
 def test_a_missing_file_is_not_taken_for_a_stream(detector, tmp_path):
     with pytest.raises(SSDError, match="no such file"):
         detector.stream(tmp_path / "nothing.mp4")
+
+
+def test_the_json_summary_cannot_be_a_videos_record_file(checkpoint, clip, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["detect", str(checkpoint), str(clip), "--out", str(out), "--json", str(out / "clip.jsonl")]) == 2
+    assert "--json" in capsys.readouterr().err and not out.exists()

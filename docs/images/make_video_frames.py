@@ -1,8 +1,8 @@
 """Regenerate docs/images/video-frames.png: four frames of a video annotated by `ssd detect`, as one picture.
 
-    PYTHONPATH=src python docs/images/make_video_frames.py ssd-demo/run/model.ckpt ssd-demo/data/VOC/VOC2007/JPEGImages/00000{1,2}.jpg
+    PYTHONPATH=src python docs/images/make_video_frames.py ssd-demo/run/model.ckpt ssd-demo/data/VOC/VOC2007/JPEGImages/0020{40,33,22,15}.jpg
 
-The video is a slow pan over the given images (24 frames each at 12 fps, H.264, written with PyAV); `ssd detect`
+The video is a slow pan over the given images (12 frames each at 12 fps, H.264, written with PyAV); `ssd detect`
 annotates it; frames spread over the result are tiled 2 x 2 with their index and time. Needs the [video] extra.
 """
 
@@ -15,7 +15,7 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 
-RATE, PER_IMAGE, MARGIN = 12, 24, 48
+RATE, PER_IMAGE, MARGIN = 12, 12, 24
 
 checkpoint, images = sys.argv[1], [Path(p) for p in sys.argv[2:]]
 out = Path(__file__).resolve().parent / "video-frames.png"

@@ -222,6 +222,9 @@ def run(args: argparse.Namespace) -> int:
     writes += [("--json", v["json"])] if v["json"] else []
     reads = [item.source for item in items if isinstance(item.source, Path)]
     refuse_to_overwrite_inputs(writes, reads + [v["checkpoint"] or v["onnx"]])
+    if v["json"] is not None and any(os.path.realpath(p) == os.path.realpath(v["json"]) for _, p in writes[:-1]):
+        raise SSDError(f"--json {v['json']}: is also the name of an annotated copy or of a video's JSON Lines file "
+                       "in --out; choose another name")  # fmt: skip
     detector = _load_detector(v)
     # Folders only once the options, the model and the inputs have passed: a refused command leaves nothing.
     create_dirs([(v["out"], "--out")] + ([(v["json"].parent, "--json")] if v["json"] else []))
