@@ -196,6 +196,8 @@ def test_http_stream_is_a_source(checkpoint, http_folder, tmp_path):
                  str(out / "d.json"), "--max-frames", "8"]) == 0  # fmt: skip
     recs = records(out / "live.jsonl")
     assert [r["frame"] for r in recs] == list(range(8))
+    # MPEG-TS starts its clock at 1.4 s: times are counted from the stream's start
+    assert [r["time"] for r in recs] == pytest.approx([i / 10 for i in range(8)])
     assert decoded(out / "live.mp4")[0] == 8
 
 
@@ -205,7 +207,35 @@ def test_stream_api_is_lazy_and_stops_its_thread(detector, clip):
     assert (first.frame, first.time, first.image) == (0, 0.0, None)
     assert any(t.name.startswith("ssd-decode") for t in threading.enumerate())
     stream.close()
-    assert not any(t.name.startswith("ssd-decode") for t in threading.enumerate())
+    assert not any(t.name.startswith("ssd-decode") for t in threading.enumerate()) and stream.video.closed
+    with detector.stream(clip) as unread:  # opened, never read, closed: the source is released
+        assert not unread.video.closed
+    assert unread.video.closed
+    with pytest.raises(StopIteration):
+        next(unread)
+
+
+def test_a_password_in_a_url_is_never_shown(checkpoint, tmp_path, capsys):
+    port = _free_port()
+    out = tmp_path / "out"
+    url = f"rtsp://alice:s3cret@127.0.0.1:{port}"
+    assert main(["detect", str(checkpoint), url, "--out", str(out), "--json", str(tmp_path / "d.json")]) == 1
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and f"rtsp://***@127.0.0.1:{port}" in err
+    summary = (tmp_path / "d.json").read_text()
+    assert "s3cret" not in summary and "alice" not in summary
+
+
+def test_ctrl_c_before_the_first_frame_is_an_interrupt(checkpoint, clip, tmp_path, monkeypatch):
+    def interrupted(self, images):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Detector, "run_batch", interrupted)
+    out = tmp_path / "out"
+    assert main(["detect", str(checkpoint), str(clip), "--out", str(out), "--json", str(out / "d.json")]) == 130
+    assert leftovers(out) == ["d.json"]  # no video, no records, no temporary files; the summary says so
+    summary = json.loads((out / "d.json").read_text())
+    assert summary["videos"] == [] and summary["failed"] == []
 
 
 # --- Ctrl-C --------------------------------------------------------------------------------------

@@ -89,12 +89,13 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
         v["onnx"], v["checkpoint"] = None, ckpt
     if not paths:
         raise SSDError("give at least one INPUT (image file or folder)")
-    from ssd.video.source import is_stream_url
+    from ssd.video.source import is_stream_url, missing_file_message
 
+    device = args.input_format is not None  # a capture device's name ("0", "video=Cam") is not a file
     for p in paths:
-        if not is_stream_url(p) and not os.path.lexists(p):
-            raise SSDError(f"INPUT {p}: no such file or folder (a stream is a URL: rtsp://, http(s)://, udp://, ...)")
-    v["inputs"] = [p if is_stream_url(p) else Path(p) for p in paths]
+        if not device and not is_stream_url(p) and not os.path.lexists(p):
+            raise SSDError("INPUT " + missing_file_message(p))
+    v["inputs"] = [p if device or is_stream_url(p) else Path(p) for p in paths]
     v["video"] = video_options(args)
     v["out"] = writable_dir(args.out, "--out")
     v["json"] = writable_file(args.json, "--json") if args.json else None
@@ -162,17 +163,21 @@ class _Run:
             summary = run_video(self.detector, item, out_path, out_path.with_suffix(".jsonl") if with_json else None,
                                 options, show_bar=True)  # fmt: skip
         except SSDError as err:
-            msg, prefix = str(err), f"{item.source}: "
-            self.report(item.source, msg[len(prefix):] if msg.startswith(prefix) else msg)
+            self.report(item.source, err)
             return True
         self.videos.append(summary.to_dict())
         self.n_detections += summary.detections
         self.bar.update(1)
         return not summary.interrupted
 
-    def report(self, file: Path | str, reason: str) -> None:
+    def report(self, file: Path | str, reason: str | SSDError) -> None:
+        """``file`` skipped for ``reason`` (an SSDError's message loses its leading ``file: ``)."""
         from ssd.progress import message
+        from ssd.video.source import shown
 
+        file = shown(file)
+        reason, prefix = str(reason), f"{file}: "
+        reason = reason[len(prefix):] if reason.startswith(prefix) else reason
         self.failed.append({"file": str(file), "error": reason})
         message(self.bar, f"ssd detect: skipped {file}: {reason}")
         self.bar.update(1)
@@ -183,8 +188,7 @@ class _Run:
         try:
             image = load_image(file)
         except SSDError as err:
-            msg, prefix = str(err), f"{file}: "
-            self.report(file, msg[len(prefix):] if msg.startswith(prefix) else msg)
+            self.report(file, err)
             return
         self.pending.append((file, out_rel, image, self.detector.prepare(image, source=str(file))))
         if len(self.pending) >= self.detector.settings.batch_size:
@@ -220,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     writes = [("--out", v["out"] / rel) for rel in outputs]
     writes += [("--json", v["out"] / rel.with_suffix(".jsonl")) for item, rel in zip(items, outputs) if item.video and v["json"]]
     writes += [("--json", v["json"])] if v["json"] else []
-    reads = [item.source for item in items if isinstance(item.source, Path)]
+    reads = [Path(item.source) for item in items if os.path.lexists(item.source)]  # files, not URLs or devices
     refuse_to_overwrite_inputs(writes, reads + [v["checkpoint"] or v["onnx"]])
     if v["json"] is not None and any(os.path.realpath(p) == os.path.realpath(v["json"]) for _, p in writes[:-1]):
         raise SSDError(f"--json {v['json']}: is also the name of an annotated copy or of a video's JSON Lines file "
@@ -244,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
                 interrupted = True
                 break
         work.flush()
+    except KeyboardInterrupt:  # between videos or in images: what is written is complete; the summary follows
+        interrupted = True
     finally:
         bar.close()
     _finish(v, detector, work, time.perf_counter() - t0)

@@ -47,8 +47,8 @@ def add_video_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=positive(float), default=10.0, metavar="SECONDS",
                    help="fail a source that sends no data for this long (default: 10)")  # fmt: skip
     g.add_argument("--input-format", metavar="FMT",
-                   help="FFmpeg's demuxer or capture device for the inputs (e.g. v4l2, avfoundation, dshow, mjpeg); "
-                        "default: detected")  # fmt: skip
+                   help="FFmpeg's demuxer or capture device for every input, which is then a source name for it "
+                        "(e.g. v4l2 /dev/video0, avfoundation 0, dshow video=NAME, mjpeg FILE); default: detected")  # fmt: skip
 
 
 def video_options(args: argparse.Namespace) -> Any:
@@ -83,23 +83,30 @@ def is_video_file(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS or ffmpeg_opens(path)
 
 
-def stream_output_name(url: str) -> Path:
-    """``rtsp://host/live/cam1?x=1`` -> ``cam1.mp4``: the URL's last path part, made a safe file name."""
-    tail = url.split("://", 1)[1].split("?", 1)[0].split("#", 1)[0].rstrip("/")
-    name = tail.rsplit("/", 1)[-1] if "/" in tail else tail.replace(":", "_")
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "stream"
-    return Path(safe)
+def stream_output_name(source: str) -> Path:
+    """``rtsp://user:pw@host/live/cam1?x=1`` -> ``cam1``: a URL's last path part, else its host (never its user or
+    password); a device name as it is; made a safe file name."""
+    from urllib.parse import urlsplit
+
+    from ssd.video.source import is_stream_url
+
+    if is_stream_url(source):
+        parts = urlsplit(source)
+        name = parts.path.rstrip("/").rsplit("/", 1)[-1] or (parts.hostname or "")
+    else:
+        name = source
+    return Path(re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "stream")
 
 
 def collect_inputs(inputs: list[Path | str], out_dir: Path) -> list[Input]:
     """Every input once, folders expanded (images and videos, sorted), each with its kind and output name."""
     from ssd.detector import iter_image_files
-    from ssd.video.source import VIDEO_EXTENSIONS, is_stream_url
+    from ssd.video.source import VIDEO_EXTENSIONS
 
     items: list[Input] = []
     seen: set[Path | str] = set()
     for inp in inputs:
-        if is_stream_url(inp):
+        if isinstance(inp, str):  # a URL, or a device name with --input-format
             if inp not in seen:
                 seen.add(inp)
                 items.append(Input(inp, stream_output_name(str(inp)), True))

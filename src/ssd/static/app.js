@@ -160,81 +160,101 @@ $("min-score").addEventListener("input", () => {
   state.timer = setTimeout(detect, 150);
 });
 // --- the camera ---------------------------------------------------------------------------------
+// Each start makes one `cam` object; its loops (painting, sending) stop as soon as it is no longer the current one,
+// so a stop and a restart while a request is in flight never leave two loops.
+
+const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function startCamera() {
-  let stream;
+  if (state.camera) return;
+  const cam = { stream: null, answeredAt: [], running: true };
+  state.camera = cam; // taken at once: a second click while the browser asks is a stop, not a second camera
+  $("camera").textContent = "Stop the camera";
+  $("camera").classList.add("on");
   try {
-    stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+    cam.stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+    if (state.camera !== cam) { cam.stream.getTracks().forEach((t) => t.stop()); return; }
+    const video = $("video");
+    video.srcObject = cam.stream;
+    await video.play();
   } catch (e) {
+    if (state.camera === cam) stopCamera();
     setStatus(`cannot use the camera: ${e.name || e}`, true);
     return;
   }
-  const video = $("video");
-  video.srcObject = stream;
-  await video.play();
-  state.camera = { stream, answeredAt: [], running: true };
+  if (state.camera !== cam) return;
+  cam.stream.getVideoTracks().forEach((t) => t.addEventListener("ended", () => {
+    if (state.camera === cam) { stopCamera(); setStatus("the camera stopped", true); }
+  }));
   state.result = null;
   window.cameraStats = { sent: 0, answered: 0, boxesDrawn: 0, fps: 0 };
-  $("camera").textContent = "Stop the camera";
-  $("camera").classList.add("on");
   document.body.dataset.state = "camera";
-  requestAnimationFrame(paintCamera);
-  sendFrame();
+  requestAnimationFrame(() => paintCamera(cam));
+  sendFrames(cam);
 }
 
 function stopCamera() {
   const cam = state.camera;
   if (!cam) return;
   cam.running = false;
-  cam.stream.getTracks().forEach((t) => t.stop());
+  if (cam.stream) cam.stream.getTracks().forEach((t) => t.stop());
   state.camera = null;
   $("camera").textContent = "Use the camera";
   $("camera").classList.remove("on");
   document.body.dataset.state = "idle";
 }
 
-function paintCamera() {
-  if (!state.camera) return;
+function paintCamera(cam) {
+  if (state.camera !== cam) return;
   window.cameraStats.boxesDrawn = draw();
-  requestAnimationFrame(paintCamera);
+  requestAnimationFrame(() => paintCamera(cam));
 }
 
-// One request in flight: the next frame is grabbed only when the answer to the last one has come back.
-async function sendFrame() {
-  const cam = state.camera;
-  if (!cam || !cam.running) return;
-  const video = $("video");
+async function grabFrame(video) {
+  if (video.readyState < 2 || !video.videoWidth) return null; // no frame yet
   const grab = document.createElement("canvas");
   grab.width = video.videoWidth;
   grab.height = video.videoHeight;
   grab.getContext("2d").drawImage(video, 0, 0);
-  const blob = await new Promise((resolve) => grab.toBlob(resolve, "image/jpeg", 0.85));
-  const minScore = $("min-score").value;
-  window.cameraStats.sent += 1;
-  try {
-    const r = await fetch(`/detect?min_score=${encodeURIComponent(minScore)}`, { method: "POST", body: blob,
-      headers: { "Content-Type": "image/jpeg" } });
-    const data = await r.json();
-    if (state.camera !== cam) return;
-    if (r.ok) {
-      state.result = data;
-      window.lastResult = data;
-      fillTable();
-      const now = performance.now();
-      cam.answeredAt = cam.answeredAt.filter((t) => now - t < 2000).concat([now]);
-      const span = (now - cam.answeredAt[0]) / 1000;
-      window.cameraStats.fps = span > 0 ? (cam.answeredAt.length - 1) / span : 0;
-      window.cameraStats.answered += 1;
-      setStatus(`camera · ${window.cameraStats.fps.toFixed(1)} frames/s · ${data.detections.length} detections · min score ${minScore}`);
-    } else {
-      setStatus(`error ${r.status}: ${data.detail}`, true);
+  return new Promise((resolve) => grab.toBlob(resolve, "image/jpeg", 0.85));
+}
+
+// One request in flight: the next frame is grabbed only when the answer to the last one has come back.
+async function sendFrames(cam) {
+  const live = () => state.camera === cam && cam.running;
+  while (live()) {
+    const blob = await grabFrame($("video"));
+    if (!live()) return;
+    if (!blob) { await pause(50); continue; }
+    const minScore = $("min-score").value;
+    window.cameraStats.sent += 1;
+    let ok = false;
+    try {
+      const r = await fetch(`/detect?min_score=${encodeURIComponent(minScore)}`, { method: "POST", body: blob,
+        headers: { "Content-Type": "image/jpeg" } });
+      const data = await r.json();
+      if (!live()) return;
+      ok = r.ok;
+      if (ok) showCameraAnswer(cam, data, minScore);
+      else setStatus(`error ${r.status}: ${data.detail}`, true);
+    } catch (e) {
+      if (!live()) return;
+      setStatus(`request failed: ${e}`, true);
     }
-  } catch (e) {
-    if (state.camera !== cam) return;
-    setStatus(`request failed: ${e}`, true);
-    await new Promise((resolve) => setTimeout(resolve, 500));
+    if (!ok) await pause(500); // a busy or failing service is not asked again at once
   }
-  sendFrame();
+}
+
+function showCameraAnswer(cam, data, minScore) {
+  state.result = data;
+  window.lastResult = data;
+  fillTable();
+  const now = performance.now();
+  cam.answeredAt = cam.answeredAt.filter((t) => now - t < 2000).concat([now]);
+  const span = (now - cam.answeredAt[0]) / 1000;
+  window.cameraStats.fps = span > 0 ? (cam.answeredAt.length - 1) / span : 0;
+  window.cameraStats.answered += 1;
+  setStatus(`camera · ${window.cameraStats.fps.toFixed(1)} frames/s · ${data.detections.length} detections · min score ${minScore}`);
 }
 
 $("camera").addEventListener("click", () => (state.camera ? stopCamera() : startCamera()));

@@ -11,12 +11,12 @@ Modules: :mod:`ssd.video.source` (opening, decoding thread), :mod:`ssd.video.pip
 frames), :mod:`ssd.video.writer` (drawing and encoding thread).
 """
 
-from ssd.video.pipeline import FrameDetections, VideoOptions, detect_frames, stream_detections
-from ssd.video.source import STREAM_SCHEMES, VIDEO_EXTENSIONS, VideoInfo, is_stream_url, open_video, ffmpeg_opens
+from ssd.video.pipeline import FrameDetections, FrameStream, VideoOptions, detect_frames, stream_detections
+from ssd.video.source import VIDEO_EXTENSIONS, VideoInfo, ffmpeg_opens, is_stream_url, open_video, shown
 from ssd.video.writer import VideoSummary, annotate_video, pick_encoder
 
 __all__ = [
-    "FrameDetections", "STREAM_SCHEMES", "VIDEO_EXTENSIONS", "VideoInfo", "VideoOptions", "VideoSummary",
-    "annotate_video", "detect_frames", "is_stream_url", "open_video", "pick_encoder", "ffmpeg_opens",
+    "FrameDetections", "FrameStream", "VIDEO_EXTENSIONS", "VideoInfo", "VideoOptions", "VideoSummary",
+    "annotate_video", "detect_frames", "ffmpeg_opens", "is_stream_url", "open_video", "pick_encoder", "shown",
     "stream_detections",
 ]  # fmt: skip

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ssd.errors import SSDError
-from ssd.video.source import DecodedFrame, Decoder, OpenedVideo, is_stream_url, open_video
+from ssd.video.source import DecodedFrame, Decoder, OpenedVideo, is_stream_url, missing_file_message, open_video
 
 
 def _check(name: str, ok: bool, what: str) -> None:
@@ -100,6 +100,8 @@ def detect_frames(detector: Any, video: OpenedVideo, options: VideoOptions, sett
 
 
 def _run_batch(detector: Any, frames: list[DecodedFrame], settings: Any, last: Any) -> Iterator[tuple[DecodedFrame, Any, bool]]:
+    """One batch: the processed frames through the network, then every frame in order with its detections (a
+    skipped frame: the last processed frame's, ``last`` before the batch's first); returns the batch's last."""
     prepared = [f.prepared for f in frames if f.prepared is not None]
     found = iter(detector.finish(detector.run_batch(prepared), prepared, settings) if prepared else [])
     for frame in frames:
@@ -110,22 +112,53 @@ def _run_batch(detector: Any, frames: list[DecodedFrame], settings: Any, last: A
     return last
 
 
+class FrameStream:
+    """:meth:`ssd.detector.Detector.stream`'s iterator of :class:`FrameDetections`, read lazily. ``close()`` (or
+    ``with``, or the end of the frames) stops the decoding thread and closes the source, whether or not it was
+    read; a ``for`` loop left early leaves that to the garbage collector, so close a long stream you stop reading."""
+
+    def __init__(self, detector: Any, video: OpenedVideo, options: VideoOptions, settings: Any, with_frames: bool):
+        self.video = video
+        self._frames = self._generate(detector, options, settings, with_frames)
+
+    def _generate(self, detector: Any, options: VideoOptions, settings: Any, with_frames: bool) -> Iterator[FrameDetections]:
+        try:
+            for frame, detections, processed in detect_frames(detector, self.video, options, settings):
+                if processed:
+                    image = frame.image.permute(1, 2, 0).numpy() if with_frames else None
+                    yield FrameDetections(frame.index, frame.time, detections, image)
+        finally:
+            self.video.close()
+
+    def __iter__(self) -> "FrameStream":
+        return self
+
+    def __next__(self) -> FrameDetections:
+        return next(self._frames)
+
+    def close(self) -> None:
+        """Stop decoding and close the source (idempotent)."""
+        frames = getattr(self, "_frames", None)
+        if frames is not None:
+            frames.close()
+            self.video.close()  # a stream never read: its generator never ran
+
+    def __enter__(self) -> "FrameStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
 def stream_detections(detector: Any, source: str | Path, options: VideoOptions | None = None, *,
-                      with_frames: bool = False, **overrides: Any) -> Iterator[FrameDetections]:  # fmt: skip
+                      with_frames: bool = False, **overrides: Any) -> FrameStream:  # fmt: skip
     """:meth:`ssd.detector.Detector.stream`: the source is opened now (an SSDError here names what is wrong), the
-    frames are decoded and detected lazily as the iterator is read; closing it (or leaving the loop) stops the
-    decoding thread and closes the source."""
+    frames are decoded and detected as the :class:`FrameStream` is read."""
     options = options or VideoOptions()
     settings = detector.resolve(**overrides)
     if not is_stream_url(source) and not options.input_format and not Path(source).exists():
-        raise SSDError(f"{source}: no such file (a stream is a URL: rtsp://, http(s)://, udp://, ...)")
-    video = options.open(source)
-    return _stream(detector, video, options, settings, with_frames)
-
-
-def _stream(detector: Any, video: OpenedVideo, options: VideoOptions, settings: Any, with_frames: bool) -> Iterator[FrameDetections]:
-    with video:
-        for frame, detections, processed in detect_frames(detector, video, options, settings):
-            if processed:
-                image = frame.image.permute(1, 2, 0).numpy() if with_frames else None
-                yield FrameDetections(frame.index, frame.time, detections, image)
+        raise SSDError(missing_file_message(source))
+    return FrameStream(detector, options.open(source), options, settings, with_frames)

@@ -15,26 +15,29 @@ from __future__ import annotations
 
 import math
 import queue
+import re
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import torch
 from torch import Tensor
 
 from ssd.errors import SSDError
 
-STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
-"""Sources given as URLs: opened by FFmpeg, never looked up as files."""
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+"""A source given as a URL (``rtsp://``, ``http(s)://``, ``udp://``, ``rtmp://``, ``srt://``, ...): opened by FFmpeg,
+never looked up as a file."""
 
 VIDEO_EXTENSIONS = frozenset({
-    ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts", ".flv", ".wmv",
-    ".ogv", ".3gp",
+    ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".m2ts", ".flv", ".wmv", ".ogv", ".3gp",
 })  # fmt: skip
 """Extensions ``ssd detect`` picks up as videos in folders (a file named on the command line is recognised by its
-content whatever it is called; animated GIFs are found as images and recognised as videos by content)."""
+content whatever it is called; animated GIFs are found as images and recognised as videos by content). MPEG-TS's
+``.ts`` is left out: in a folder it is more often TypeScript; name such a file to have it read."""
 
 _END = object()
 
@@ -49,7 +52,23 @@ def require_av() -> Any:
 
 
 def is_stream_url(source: str | Path) -> bool:
-    return isinstance(source, str) and source.lower().startswith(STREAM_SCHEMES)
+    """Whether ``source`` is a URL (:data:`URL`), which FFmpeg opens, rather than a file path."""
+    return isinstance(source, str) and URL.match(source) is not None
+
+
+def shown(source: str | Path) -> str:
+    """``source`` as messages and records show it: a URL without its user name and password."""
+    if not is_stream_url(source):
+        return str(source)
+    parts = urlsplit(str(source))
+    if "@" not in parts.netloc:
+        return str(source)
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def missing_file_message(source: str | Path) -> str:
+    """The one message for a source that is neither a file nor a URL."""
+    return f"{source}: no such file or folder (a stream is a URL: rtsp://, http(s)://, udp://, ...)"
 
 
 @dataclass(frozen=True)
@@ -70,8 +89,8 @@ class VideoInfo:
 @dataclass(frozen=True, eq=False)
 class DecodedFrame:
     """One decoded frame: ``index`` in the video (0-based presentation order; after ``start`` it is the
-    presentation time times the frame rate, rounded), ``time`` its presentation time in seconds as the container
-    gives it, ``image`` uint8 RGB (3, H, W), and ``prepared`` (:meth:`ssd.detector.Detector.prepare`'s output)
+    presentation time times the frame rate, rounded), ``time`` its presentation time in seconds from the
+    stream's start (the container's timestamps less the first one it declares), ``image`` uint8 RGB (3, H, W), and ``prepared`` (:meth:`ssd.detector.Detector.prepare`'s output)
     when the network is to see it, else None."""
 
     index: int
@@ -81,12 +100,37 @@ class DecodedFrame:
 
 
 class OpenedVideo:
-    """An open container and its first video stream; ``close()`` (or ``with``) releases it."""
+    """An open container and its first video stream; ``close()`` (or ``with``) releases it. While a
+    :class:`Decoder` still reads it (a network read runs out only at its timeout), closing is left to the decoder,
+    so the container is never closed under a read."""
 
     def __init__(self, container: Any, stream: Any, info: VideoInfo) -> None:
         self.container, self.stream, self.info = container, stream, info
+        self._lock = threading.Lock()
+        self._reading = False
+        self._close_requested = False
+        self._closed = False
+
+    def reading(self, active: bool) -> None:
+        """The decoder starts (True) or stops (False) reading; a close asked for meanwhile happens at the stop."""
+        with self._lock:
+            self._reading = active
+            close_now = not active and self._close_requested and not self._closed
+            self._closed |= close_now
+        if close_now:
+            self.container.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
+        """Close the container now, or when the decoder stops reading it; once."""
+        with self._lock:
+            self._close_requested = True
+            if self._reading or self._closed:
+                return
+            self._closed = True
         self.container.close()
 
     def __enter__(self) -> "OpenedVideo":
@@ -109,9 +153,9 @@ def open_video(source: str | Path, *, timeout: float = 10.0, input_format: str |
     """Open ``source`` and find its first video stream; SSDError naming the source where FFmpeg cannot open it,
     where it has no video stream, or where nothing arrives within ``timeout`` seconds."""
     av = require_av()
-    name = str(source)
+    name = shown(source)
     try:
-        container = av.open(name, mode="r", format=input_format, timeout=(timeout, timeout))
+        container = av.open(str(source), mode="r", format=input_format, timeout=(timeout, timeout))
     except av.error.FFmpegError as err:
         raise SSDError(f"{name}: cannot open as a video: {describe_av_error(err, timeout)}") from err
     except (OSError, ValueError) as err:  # a format FFmpeg does not know, an unreadable file
@@ -181,6 +225,7 @@ class Decoder(threading.Thread):
         self._stopping.set()
 
     def run(self) -> None:
+        self.video.reading(True)
         try:
             for item in self._decode():
                 if not self._put(item):
@@ -188,6 +233,8 @@ class Decoder(threading.Thread):
             self._put(_END)
         except BaseException as err:  # handed to the consumer, which raises it in its own thread
             self._put(err)
+        finally:
+            self.video.reading(False)
 
     def _put(self, item: Any) -> bool:
         while not self._stopping.is_set():
@@ -211,15 +258,17 @@ class Decoder(threading.Thread):
             for frame in self.video.container.decode(stream):
                 if self._stopping.is_set():
                     return
-                t = float(frame.time) if frame.time is not None else (k / rate if rate else float(k))
+                t = float(frame.time) if frame.time is not None else origin + (k / rate if rate else float(k))
                 if t < origin + self.start_s - 1e-6:
                     continue  # decoded from the keyframe before --start
                 if end is not None and t >= end - 1e-6:
                     return
                 index = k if self.start_s <= 0 or not rate else int(math.floor((t - origin) * rate + 0.5))
+                if (frame.width, frame.height) != (info.width, info.height):  # a stream that changed resolution
+                    frame = frame.reformat(width=info.width, height=info.height)
                 image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
                 process = k % self.every == 0
-                yield DecodedFrame(index, t, image, self.prepare(image) if process else None)
+                yield DecodedFrame(index, t - origin, image, self.prepare(image) if process else None)
                 k += 1
                 processed += process
                 if self.max_processed is not None and processed >= self.max_processed:

@@ -16,7 +16,7 @@ import math
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
@@ -52,14 +52,14 @@ def pick_encoder() -> str:
 
 class AnnotatedWriter(threading.Thread):
     """Draws detections on frames and encodes them into ``out_path`` (MP4), and writes ``records`` as JSON Lines
-    into ``jsonl_path``, on its own thread; both appear only when :meth:`finish` completes them."""
+    into ``jsonl_path``, on its own thread; both appear only when :meth:`finish` completes them, the video first
+    (a record file is never in place without its video)."""
 
     def __init__(self, out_path: Path, jsonl_path: Path | None, info: VideoInfo, maxsize: int = 16) -> None:
         super().__init__(name=f"ssd-encode-{out_path.name}", daemon=True)
         self.out_path, self.jsonl_path, self.info = out_path, jsonl_path, info
         self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self.error: BaseException | None = None
-        self.frames_written = 0
         self.encoder = pick_encoder()
 
     def put(self, image: Any, detections: Any, record: dict[str, Any] | None) -> None:
@@ -70,15 +70,23 @@ class AnnotatedWriter(threading.Thread):
                 return
             except queue.Full:
                 continue
-        raise SSDError(f"{self.out_path}: cannot write: {self.error}") from self.error
+        self._raise_error()
 
     def finish(self) -> None:
-        """Encode what is queued, close the files and rename them into place; SSDError where writing failed."""
-        self._close(_END)
+        """Encode what is queued, close the files and rename them into place; SSDError where writing failed.
+        Interrupted itself (a second Ctrl-C), it removes both files."""
+        try:
+            self._close(_END)
+        except BaseException:
+            self.abort()
+            raise
         if self.error is not None:
-            err = self.error
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else err
-            raise SSDError(f"{self.out_path}: cannot write the video: {reason}") from err
+            self._raise_error()
+
+    def _raise_error(self) -> None:
+        err = self.error
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+        raise SSDError(f"{self.out_path}: cannot write the video: {reason}") from err
 
     def abort(self) -> None:
         """Stop and remove both files: nothing is left that looks complete."""
@@ -95,18 +103,15 @@ class AnnotatedWriter(threading.Thread):
 
     def run(self) -> None:
         try:
-            write_atomically(self.out_path, self._write_video)
+            if self.jsonl_path is None:
+                write_atomically(self.out_path, lambda video: self._loop(video, None))
+            else:  # the video renamed into place first, then its records
+                write_atomically(self.jsonl_path, lambda jsonl: write_atomically(self.out_path, lambda video: self._loop(video, jsonl)))
         except _Aborted:
             pass
         except BaseException as err:  # reported by finish(); the consumer stops at its next put()
             self.error = err
             _drain(self.queue)
-
-    def _write_video(self, video_file: IO[bytes]) -> None:
-        if self.jsonl_path is None:
-            self._loop(video_file, None)
-        else:
-            write_atomically(self.jsonl_path, lambda jsonl: self._loop(video_file, jsonl))
 
     def _loop(self, video_file: IO[bytes], jsonl: IO[bytes] | None) -> None:
         from PIL import Image
@@ -129,7 +134,6 @@ class AnnotatedWriter(threading.Thread):
                 drawn = draw_detections(Image.fromarray(image.permute(1, 2, 0).numpy()), detections)
                 frame = av.VideoFrame.from_ndarray(np.asarray(drawn), format="rgb24")
                 container.mux(stream.encode(frame))
-                self.frames_written += 1
             container.mux(stream.encode(None))
         finally:
             container.close()
@@ -169,7 +173,6 @@ class VideoSummary:
     detections: int = 0
     seconds: float = 0.0
     interrupted: bool = False
-    first_error: str | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -191,9 +194,9 @@ def annotate_video(detector: Any, source: str | Path, out_path: Path, jsonl_path
     neither file behind.
     """
     with options.open(source) as video:
-        summary = VideoSummary(str(source), out_path, jsonl_path, video.info)
+        summary = VideoSummary(video.info.source, out_path, jsonl_path, video.info)
         writer = AnnotatedWriter(out_path, jsonl_path, video.info, maxsize=2 * settings.batch_size)
-        bar = bar_factory(_expected_frames(video.info, options), Path(str(source)).name) if bar_factory else None
+        bar = bar_factory(_expected_frames(video.info, options), Path(video.info.source).name) if bar_factory else None
         t0 = time.perf_counter()
         writer.start()
         try:
@@ -206,6 +209,9 @@ def annotate_video(detector: Any, source: str | Path, out_path: Path, jsonl_path
                 if bar is not None:
                     bar.update(1)
         except KeyboardInterrupt:
+            if summary.frames == 0:  # nothing to keep: the interrupt goes on to the caller
+                writer.abort()
+                raise
             summary.interrupted = True
         except BaseException:
             writer.abort()
@@ -232,6 +238,6 @@ def _expected_frames(info: VideoInfo, options: VideoOptions) -> int | None:
     if options.duration is not None:
         count = min(count, int(math.ceil(options.duration * rate)))
     if options.max_frames is not None:
-        count = min(count, options.max_frames * options.every)
+        count = min(count, (options.max_frames - 1) * options.every + 1)
     return count
 
