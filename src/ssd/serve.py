@@ -218,6 +218,7 @@ async def _read_body(request, max_upload_bytes: int) -> bytes:
         if total > max_upload_bytes:
             raise HTTPProblem(413, f"upload over the limit of {max_upload_bytes} bytes")
         chunks.append(chunk)
+    request.state.upload_read = True  # an error answer from here on leaves the connection open
     return b"".join(chunks)
 
 
@@ -278,15 +279,17 @@ def _add_error_handlers(app, batcher: Batcher) -> None:
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    def problem(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"detail": message}, status_code=status)
+    def problem(status: int, message: str, close: bool = False) -> JSONResponse:
+        # an answer given before the upload was read ends the connection, and says so, so that no client sends its
+        # next request into it (the server drops the rest of the upload, then closes: serve_limits)
+        return JSONResponse({"detail": message}, status_code=status, headers={"Connection": "close"} if close else None)
 
     counter = {500: "server_errors", 503: "rejected_queue_full", 504: "timeouts", CLIENT_CLOSED: "client_disconnects"}
 
     @app.exception_handler(HTTPProblem)
     async def _on_problem(request, exc: HTTPProblem):
         batcher.count(exc.counter or counter.get(exc.status, "client_errors" if exc.status < 500 else "server_errors"))
-        return problem(exc.status, exc.message)
+        return problem(exc.status, exc.message, close=getattr(request.state, "upload_read", True) is False)
 
     @app.exception_handler(StarletteHTTPException)
     async def _on_http(request, exc: StarletteHTTPException):
@@ -313,6 +316,7 @@ class DetectEndpoint:
         from starlette.requests import ClientDisconnect
 
         self.batcher.count("requests")
+        request.state.upload_read = False
         try:
             return await self._answer(request)
         except HTTPProblem:

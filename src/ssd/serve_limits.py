@@ -123,6 +123,39 @@ class Budget:
                 self._changed.notify_all()
 
 
+LINGER_S = 2.0
+"""How long a connection answered before its upload was whole keeps reading (and dropping) the rest."""
+
+
+class _LingeringTransport:
+    """A connection's transport as uvicorn's protocol sees it, except that closing it while the client is still
+    sending an upload (answered early: 413, 408, 503) is a "lingering close", as Apache and nginx do: the answer is
+    followed by FIN, what the client still sends is read and dropped for at most LINGER_S, then the socket closes.
+    Closing at once with unread upload bytes makes the kernel send a reset, which can destroy the answer before the
+    client reads it. Everything else is the transport's own."""
+
+    def __init__(self, transport: Any, protocol: Any) -> None:
+        self._transport, self._protocol, self._closing = transport, protocol, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if not (self._protocol.upload_unfinished() and self._transport.can_write_eof()):
+            self._transport.close()
+            return
+        self._protocol.lingering = True
+        self._transport.write_eof()
+        self._transport.resume_reading()
+        asyncio.get_running_loop().call_later(LINGER_S, self._transport.close)
+
+
 def _guarded_h11_protocol(header_timeout_s: float) -> type:
     """uvicorn's h11 protocol with a deadline on each request's head: a connection that has not sent a complete
     request line and headers within ``header_timeout_s`` of connecting, or of its previous answer, is closed.
@@ -133,17 +166,26 @@ def _guarded_h11_protocol(header_timeout_s: float) -> type:
     class GuardedH11Protocol(H11Protocol):
         _deadline = 0
 
+        lingering = False
+
         def connection_made(self, transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            super().connection_made(_LingeringTransport(transport, self))
             self._arm_header_deadline()
 
+        def upload_unfinished(self) -> bool:
+            return self.conn.their_state is h11.SEND_BODY
+
         def on_response_complete(self) -> None:
-            upload_unfinished = self.conn.their_state is h11.SEND_BODY  # answered before the upload was whole
+            unfinished = self.upload_unfinished()  # answered before the upload was whole
             super().on_response_complete()
-            if upload_unfinished and not self.transport.is_closing():
-                self.transport.close()  # else the client could go on sending, holding the connection
+            if unfinished:
+                self.transport.close()  # lingers: the client must not go on sending, holding the connection
                 return
             self._arm_header_deadline()
+
+        def data_received(self, data: bytes) -> None:
+            if not self.lingering:  # lingering: the rest of an upload already answered, dropped
+                super().data_received(data)
 
         def _arm_header_deadline(self) -> None:
             self._deadline += 1
