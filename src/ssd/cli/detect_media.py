@@ -52,6 +52,7 @@ def add_video_options(parser: argparse.ArgumentParser) -> None:
 
 
 def video_options(args: argparse.Namespace) -> Any:
+    """The parsed video options as a :class:`~ssd.video.VideoOptions` (an error names the option)."""
     from ssd.video.pipeline import VideoOptions
 
     try:

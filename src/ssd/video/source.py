@@ -177,6 +177,7 @@ def open_video(source: str | Path, *, timeout: float = 10.0, input_format: str |
 
 
 def _info(name: str, container: Any, stream: Any) -> VideoInfo:
+    """The stream's VideoInfo: its size, rate, frame count and duration where the container declares them."""
     rate = stream.average_rate or stream.guessed_rate
     duration = None
     if stream.duration is not None and stream.time_base is not None:
