@@ -319,3 +319,22 @@ def test_cosine_over_a_time_budget_ends_at_zero_and_resumes_where_it_was(tiny_da
     assert second.step > first.step and resumed
     assert resumed[0] <= 1e-3 * 0.5 * (1 + math.cos(math.pi * spent / 3.0)) + 1e-12  # not back to 1e-3
     assert load_checkpoint(run / "last.ckpt")["train_seconds"] >= 3.0
+
+
+def test_the_remaining_time_is_said_once_from_the_first_window_after_the_first_step(tiny_data, tmp_path):
+    from ssd.training.loop import format_duration
+
+    messages: list[str] = []
+    train(_cfg(tiny_data, tmp_path / "run", iterations=8, log_every=3), log=messages.append)
+    said = [m for m in messages if "iterations take about" in m]
+    assert len(said) == 1 and said[0].startswith("at ") and "the remaining 5 iterations take about" in said[0]
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 3, 6, 8]  # said at step 3: the window of steps 2-3
+    assert f"{records[1]['images_per_s']:.1f} images/s" in said[0]
+    budget: list[str] = []
+    train(_cfg(tiny_data, tmp_path / "budget", iterations=100_000, log_every=3, max_seconds=1.0), log=budget.append)
+    said = [m for m in budget if "iterations take about" in m]
+    assert len(said) == 1 and said[0].endswith(" s (the time budget)")  # what is left of 1 s, not of 100000 steps
+    assert [format_duration(s) for s in (0.4, 59.6, 61, 450, 3600, 7500)] == [
+        "0 s", "1 min 00 s", "1 min 01 s", "7 min 30 s", "1 h 00 min", "2 h 05 min"]  # fmt: skip
+    assert format_duration(float("inf")) == "an unknown time"

@@ -12,7 +12,7 @@
 4. draws its detections on a few test images;
 5. writes ``report.md`` saying what came out and where everything is.
 
-The run is seeded: the same machine gives the same numbers.
+The run is seeded: the same machine at the same thread count gives the same numbers.
 """
 
 from __future__ import annotations
@@ -82,16 +82,12 @@ def run_demo(
     from ssd.data.index import build_voc_index, summary_lines
     from ssd.data.synthetic import DEMO_CONFIG, generate_synthetic
     from ssd.device import resolve_device
-    from ssd.training.config import TrainConfig
-    from ssd.training.loop import train
     from ssd.errors import SSDError
     from ssd.evaluate import evaluate
+    from ssd.training.config import TrainConfig
+    from ssd.training.loop import train
 
-    names = set(changes or {})
-    reserved = {"train_data", "out_dir", "device", "workers", "progress", "tensorboard", "overwrite"}  # set here
-    unknown = sorted((names - {f.name for f in dataclasses.fields(TrainConfig)}) | (names & reserved))
-    if unknown:
-        raise SSDError(f"demo: cannot change the training setting {', '.join(unknown)}")
+    settings = demo_settings(iterations, changes)  # checked before anything is written
     start = time.perf_counter()
     out = Path(out_dir)
     data_dir = out / "data"
@@ -104,18 +100,16 @@ def run_demo(
         indexes[name] = index
         log("      " + summary_lines(index)[0])
 
-    settings = dict(DEMO_TRAINING)
-    if iterations is not None:
-        settings["iterations"] = iterations
-        settings["milestones"] = (int(iterations * 0.8),)
-        settings["warmup"] = min(settings["warmup"], iterations // 4)  # a shorter run warms up within its length
-    settings.update(changes or {})
     cfg = TrainConfig(
         train_data=str(data_dir / "train.json"), out_dir=str(out / "run"), device=device, workers=workers,
         progress=progress, tensorboard=False, overwrite=True, **settings,
     )  # fmt: skip
     device_name = str(resolve_device(device))  # the device train() picks for the same name
-    log(f"[2/4] training the small preset for {cfg.iterations} iterations of batch {cfg.batch_size} on {device_name}")
+    size = f"{cfg.image_size} px" if cfg.image_size else "its own input size"
+    log(f"[2/4] training the small preset at {size} for {cfg.iterations} iterations of batch {cfg.batch_size} on "
+        f"{device_name}")
+    if iterations is None:
+        log(f"      a shorter demo: ssd demo --iterations N (fewer than {cfg.iterations}; the mAP drops with N)")
     t0 = time.perf_counter()
     result = train(cfg, log=lambda m: log("      " + m))
     train_seconds = time.perf_counter() - t0
@@ -139,6 +133,26 @@ def run_demo(
     report = _write_report(out, evaluation, train_seconds, total, cfg, model.config.image_size, files)
     return DemoResult(out, evaluation.voc.mAP, dict(evaluation.voc.ap), train_seconds, evaluation.seconds, total,
                       report, files)  # fmt: skip
+
+
+def demo_settings(iterations: int | None = None, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:data:`DEMO_TRAINING` for a run of ``iterations`` (the decay at 80% of them, the warm-up within the first
+    quarter), then ``changes`` (TrainConfig fields; those the demo sets itself, such as the data, are refused)."""
+    from ssd.errors import SSDError
+    from ssd.training.config import TrainConfig
+
+    names = set(changes or {})
+    reserved = {"train_data", "out_dir", "device", "workers", "progress", "tensorboard", "overwrite"}  # set here
+    unknown = sorted((names - {f.name for f in dataclasses.fields(TrainConfig)}) | (names & reserved))
+    if unknown:
+        raise SSDError(f"demo: cannot change the training setting {', '.join(unknown)}")
+    settings = dict(DEMO_TRAINING)
+    if iterations is not None:
+        settings["iterations"] = iterations
+        settings["milestones"] = (int(iterations * 0.8),)
+        settings["warmup"] = min(settings["warmup"], iterations // 4)  # a shorter run warms up within its length
+    settings.update(changes or {})
+    return settings
 
 
 def _draw_examples(model, index, folder: Path, count: int = 6) -> Path:

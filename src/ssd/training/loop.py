@@ -103,7 +103,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, resume_overrides
         for warning in schedule.warnings():
             run_log.note("warning: " + warning)
         run_log.note(f"training {built.config.preset} on {len(index)} images, {built.config.num_classes - 1} classes, "
-                     f"device {runtime.device}{f' x {runtime.dist.world_size}' if runtime.dist.enabled else ''}, "
+                     f"device {runtime.device}{f' x {runtime.dist.world_size}' if runtime.dist.enabled else ''}"
+                     f"{_threads(runtime.device)}, "
                      f"amp {runtime.amp}; run folder {run_dir}")  # fmt: skip
         result.step = _run_steps(cfg, schedule, runtime, state, data, run_log, val_index, result, start_step)
     state.save(result.step)
@@ -112,6 +113,11 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, resume_overrides
         if result.skipped_images:
             log(f"{result.skipped_images} unreadable images were replaced during training (see warnings)")
     return result
+
+
+def _threads(device: torch.device) -> str:
+    n = torch.get_num_threads()
+    return f" ({n} thread{'s' if n > 1 else ''})" if device.type == "cpu" else ""
 
 
 def _quiet(_: str) -> None:
@@ -124,6 +130,7 @@ def _run_steps(cfg, schedule, runtime: Runtime, state: RunState, data: DataStrea
     next step boundary, saved (:class:`~ssd.errors.TrainingStopped`); a second Ctrl-C stops at once, unsaved."""
     stream = data.batches(step)
     window, first_step = _Window(), step  # the first step is logged too: the loss shows from the start
+    estimate_pending = True  # the remaining time, said once from the first window after the first step
     state.clock.start(state.clock.before)
     try:
         with _StopRequest() as stop:
@@ -144,6 +151,9 @@ def _run_steps(cfg, schedule, runtime: Runtime, state: RunState, data: DataStrea
                     speed = window.rate()
                     result.last_loss, result.images_per_second = values, speed
                     run_log.record_step(step, values, state.step_fn.optimizer.param_groups[0]["lr"], speed, float(out.grad_norm))
+                    if estimate_pending and step - first_step > 1 and step < schedule.iterations:
+                        run_log.note(remaining_time_note(schedule.iterations - step, cfg, speed, state.clock))
+                        estimate_pending = False
                 if step % schedule.checkpoint_every == 0 and step < schedule.iterations:
                     state.save(step)
                 if val_index is not None and schedule.eval_every and step % schedule.eval_every == 0:
@@ -174,6 +184,30 @@ def _run_steps(cfg, schedule, runtime: Runtime, state: RunState, data: DataStrea
     finally:
         stream.close()  # ends the loader iterator and its worker processes
     return step
+
+
+def remaining_time_note(steps_left: int, cfg: TrainConfig, images_per_second: float, clock: TrainClock) -> str:
+    """How long the rest of the run takes at the measured speed (or what is left of its time budget): said once,
+    from the first log window after the first step, so the start-up's slower first step is not in it."""
+    images = steps_left * cfg.batch_size * cfg.accumulate
+    seconds = images / images_per_second if images_per_second > 0 else float("inf")
+    if cfg.max_seconds is not None:
+        seconds = min(seconds, max(0.0, cfg.max_seconds - clock.spent))
+    budget = " (the time budget)" if cfg.max_seconds is not None and seconds < images / max(images_per_second, 1e-9) else ""
+    return (f"at {images_per_second:.1f} images/s the remaining {steps_left} iterations take about "
+            f"{format_duration(seconds)}{budget}")
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as a person reads it: '45 s', '7 min 30 s', '2 h 05 min'."""
+    if seconds != seconds or seconds == float("inf"):
+        return "an unknown time"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 class _Window:
