@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -37,3 +39,94 @@ def test_cuda_always_comes_back_indexed(monkeypatch):
 def test_bad_names_are_refused_with_the_option_named(bad):
     with pytest.raises(SSDError, match="^--device"):
         resolve_device(bad, "--device")
+
+
+class _Stat:
+    """A /proc/stat whose successive reads give the samples listed (the first line is all idle_cpus reads)."""
+
+    def __init__(self, *lines: str) -> None:
+        self.lines = list(lines)
+
+    def read_text(self) -> str:
+        return self.lines.pop(0) + "\ncpu0 0 0 0 0\n"
+
+
+def test_idle_cpus_subtracts_the_other_work_from_the_cpus(monkeypatch):
+    from ssd.device import idle_cpus
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    # over the interval: 200 ticks in all, 100 idle -> one CPU's worth of other work on a 2-CPU machine
+    half = _Stat("cpu  100 0 0 1000 0 0 0 0 0 0", "cpu  200 0 0 1100 0 0 0 0 0 0")
+    assert idle_cpus(2, seconds=0, stat=half) == 1
+    idle = _Stat("cpu  100 0 0 1000 0 0 0 0 0 0", "cpu  100 0 0 1200 0 0 0 0 0 0")
+    assert idle_cpus(2, seconds=0, stat=idle) == 2
+    busy = _Stat("cpu  100 0 10 1000 0 0 0 0 0 0", "cpu  280 0 30 1000 0 0 0 0 0 0")
+    assert idle_cpus(2, seconds=0, stat=busy) == 1  # never fewer than one
+    iowait = _Stat("cpu  100 0 0 1000 50 0 0 0 0 0", "cpu  100 0 0 1100 150 0 0 0 0 0")
+    assert idle_cpus(2, seconds=0, stat=iowait) == 2  # waiting for a disk leaves the CPU free
+    assert idle_cpus(1, seconds=0, stat=_Stat("cpu  100 0 0 1000", "cpu  100 0 0 1200")) == 1  # capped by cpus
+    assert idle_cpus(2, seconds=0, stat=Path("/nonexistent/proc/stat")) == 2  # unreadable: all of them
+
+
+def test_idle_cpus_sees_a_busy_process():
+    """The kernel as the oracle: with a process spinning on one CPU, at most cpu_count - 1 are free."""
+    import os
+    import subprocess
+    import sys
+
+    from ssd.device import idle_cpus
+
+    cpus = os.cpu_count() or 1
+    if cpus < 2 or not os.path.exists("/proc/stat"):
+        pytest.skip("needs Linux and two CPUs")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)  # the interpreter is up and spinning
+        assert idle_cpus(cpus, seconds=0.5) <= cpus - 1
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        ({}, 4),
+        ({"cpu.max": "max 100000\n"}, 4),
+        ({"cpu.max": "150000 100000\n"}, 1),
+        ({"cpu.max": "250000 100000\n"}, 2),
+        ({"cpu.max": "800000 100000\n"}, 4),  # a quota above the CPU set: the set
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, 4),
+        ({"cpu.max": "50000 100000\n"}, 1),  # half a CPU: still one thread
+    ],
+)
+def test_available_cpus_is_the_cpu_set_capped_by_the_quota(tmp_path, monkeypatch, files, expected):
+    import os
+
+    from ssd.device import available_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert available_cpus(tmp_path) == expected
+
+
+def test_the_command_line_sets_torch_threads_before_torch_loads():
+    """A fresh interpreter: the user's OMP_NUM_THREADS is kept; without one, torch runs the count chosen."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys\nfrom ssd.cli import main\nmain(['presets'])\nimport torch\n"
+            "print(os.environ['OMP_NUM_THREADS'], torch.get_num_threads())")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    chosen, used = out.stdout.split()[-2:]
+    assert chosen == used and 1 <= int(used) <= (os.cpu_count() or 1)
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.stdout.split()[-2:] == ["1", "1"]

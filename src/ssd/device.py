@@ -4,7 +4,10 @@ Importing this module does not import torch (the command line builds its help fr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, MutableMapping
 
 from ssd.errors import SSDError
 
@@ -63,3 +66,75 @@ def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
     import torch
 
     return model.to(memory_format=torch.channels_last)
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """The CPUs this process may use: its affinity mask (``taskset``, a batch scheduler's CPU set), capped by a
+    container's CPU quota (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), at least 1. ``os.cpu_count()`` counts
+    the machine's CPUs, which a process in a container or a CPU set may not have."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        count = min(count, max(1, int(quota)))
+    return max(1, count)
+
+
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """CPUs' worth of time the cgroup may use per period, or None where no quota is set or readable."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]  # v2: "max 100000" or "150000 100000"
+    except (OSError, ValueError):
+        try:  # v1
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        q, t = float(quota), float(period)
+    except ValueError:  # "max": no quota
+        return None
+    return q / t if q > 0 and t > 0 else None
+
+
+def idle_cpus(cpus: int, seconds: float = 0.2, stat: Path = Path("/proc/stat")) -> int:
+    """How many of ``cpus`` other work leaves free: the machine's busy time over ``seconds`` (``/proc/stat``,
+    while this process sleeps), subtracted from ``cpus``; at least 1, and ``cpus`` where it cannot be read."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in stat.read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle  # user .. steal; guest time is counted in user already
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):  # not Linux, or no /proc
+        return cpus
+    total = total1 - total0
+    if total <= 0:
+        return cpus
+    machine = os.cpu_count() or cpus
+    busy_cpus = machine * (1 - (idle1 - idle0) / total)  # CPUs' worth of other work (this process slept)
+    return max(1, min(cpus, round(machine - busy_cpus)))
+
+
+def prepare_cpu_threads(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Before torch is imported: as many OpenMP threads as there are CPUs free for this process.
+
+    ``OMP_NUM_THREADS`` becomes :func:`idle_cpus` of :func:`available_cpus` unless the user set it. OpenMP's
+    threads wait for each other at the end of every parallel region, so on a machine where other work holds a
+    core, a thread that is not scheduled stalls the others: the demo's training step ran 0.38x its speed alone
+    with two threads and a second CPU-bound process on two cores, and 0.61x with one thread (docs/performance.md,
+    "The demo under CPU contention"). The count is read once, when torch loads, so the command line calls this
+    before anything imports torch; in Python, call it (or set the variable) before ``import torch``. The thread
+    count can change a run's last bits (the order of sums), so a run is repeatable on one machine at one count.
+    """
+    if "OMP_NUM_THREADS" not in environ:
+        environ["OMP_NUM_THREADS"] = str(idle_cpus(available_cpus()))
