@@ -108,9 +108,6 @@ def _run_int8(args: argparse.Namespace, ckpt: Path, out: Path) -> int:
     count = DEFAULT_CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images
     files = calibration_files(args.calibrate, count)
     refuse_to_overwrite_inputs([("OUT.onnx", out)], files)
-    if int8_dot_product_cpu() is False:
-        print("ssd: warning: this CPU has no 8-bit dot-product instructions (VNNI, AMX, Arm dot product): the int8 "
-              "model works here but may run slower than fp32", file=sys.stderr)  # fmt: skip
     info = quantize_onnx(load_model(ckpt), out, files, opset=args.opset, progress=True, source=str(args.calibrate))
     if info["skipped"]:
         print(f"ssd: warning: {len(info['skipped'])} calibration image(s) could not be read, e.g. {info['skipped'][0]}",
@@ -118,4 +115,7 @@ def _run_int8(args: argparse.Namespace, ckpt: Path, out: Path) -> int:
     print(f"wrote {out} (int8 convolutions, calibrated on {info['calibration_images']} images of {args.calibrate}, "
           f"input {info['image_size']}x{info['image_size']}, {len(info['class_names'])} classes); check its accuracy "
           f"with `ssd eval --onnx {out} --data INDEX.json`")  # fmt: skip
+    if int8_dot_product_cpu() is False:  # said once the file is written: a failed export says only why it failed
+        print("ssd: warning: this CPU has no 8-bit dot-product instructions (VNNI, AMX, Arm dot product): the int8 "
+              "model works here but may run slower than fp32", file=sys.stderr)  # fmt: skip
     return 0
