@@ -45,6 +45,23 @@ CHANGES = {
 }
 
 
+def parse_settings(items: list[str], parser: argparse.ArgumentParser) -> dict:
+    """``--set NAME=VALUE`` options as TrainConfig changes: each value read as JSON (numbers, lists, true/false),
+    else kept as the string (``amp=bf16``); a list becomes a tuple, as TrainConfig's tuple fields are."""
+    settings = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item}: expected NAME=VALUE")
+        try:
+            settings[name] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[name] = value  # a plain string such as none or bf16
+        if isinstance(settings[name], list):
+            settings[name] = tuple(settings[name])
+    return settings
+
+
 def _run(change: str, out: str, device: str, workers: int, data_changes: dict, threads: int,
          iterations: int | None, extra: dict) -> dict:
     import torch
@@ -87,15 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
     data_changes = {k: v for k, v in (("classes", classes), ("num_trainval", args.train_images),
                                       ("num_test", args.test_images)) if v is not None}  # fmt: skip
-    extra = {}
-    for item in args.set:
-        name, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item}: expected NAME=VALUE")
-        try:
-            extra[name] = json.loads(value)
-        except json.JSONDecodeError:
-            extra[name] = value  # a plain string such as none or bf16
+    extra = parse_settings(args.set, parser)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -1,6 +1,7 @@
 """int8 models (ssd.quantize): calibration input, the file written, loading it everywhere a model loads, bad input.
 
-The accuracy bound (int8 mAP within 0.01 of fp32) is checked on a trained model in tests/test_learning.py.
+The accuracy bound (int8 mAP within 0.01 of fp32) is checked on trained models in tests/test_learning.py (synthetic)
+and tests/test_int8_accuracy.py (VOCmini photos, the demo's model).
 """
 
 from __future__ import annotations
