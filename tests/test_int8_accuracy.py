@@ -51,8 +51,8 @@ def test_int8_keeps_accuracy_on_real_photos(tmp_path):
     photos = DatasetIndex("vocmini-test-32", full.classes, full.images[:32])
     train_json = photos.save(tmp_path / "photos.json")
     cfg = TrainConfig(
-        train_data=str(train_json), out_dir=str(tmp_path / "run"), preset="small", image_size=160, batch_norm=True,
-        pretrained_base="none", batch_size=8, reference_batch=8, iterations=400, milestones=(320,),
+        train_data=str(train_json), out_dir=str(tmp_path / "run"), preset="small", image_size=128, batch_norm=True,
+        pretrained_base="none", batch_size=8, reference_batch=8, iterations=250, milestones=(200,),
         optimizer="adamw", lr=2e-3, warmup=20, grad_clip=10.0, augment="flip", workers=0, seed=0, progress=False,
         tensorboard=False, log_every=50, checkpoint_every=10_000,
     )  # fmt: skip
