@@ -79,6 +79,7 @@ def run_demo(
     ``bench/demo_ablation.py``. The demo itself passes neither.
     """
     from ssd.checkpoint import load_model
+    from ssd.config import get_preset
     from ssd.data.index import build_voc_index, summary_lines
     from ssd.data.synthetic import DEMO_CONFIG, generate_synthetic
     from ssd.device import resolve_device
@@ -105,8 +106,8 @@ def run_demo(
         progress=progress, tensorboard=False, overwrite=True, **settings,
     )  # fmt: skip
     device_name = str(resolve_device(device))  # the device train() picks for the same name
-    size = f"{cfg.image_size} px" if cfg.image_size else "its own input size"
-    log(f"[2/4] training the small preset at {size} for {cfg.iterations} iterations of batch {cfg.batch_size} on "
+    size = cfg.image_size or get_preset(cfg.preset).image_size
+    log(f"[2/4] training the small preset at {size} px for {cfg.iterations} iterations of batch {cfg.batch_size} on "
         f"{device_name}")
     if iterations is None:
         log(f"      a shorter demo: ssd demo --iterations N (fewer than {cfg.iterations}; the mAP drops with N)")
