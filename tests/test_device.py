@@ -42,30 +42,49 @@ def test_bad_names_are_refused_with_the_option_named(bad):
 
 
 class _Stat:
-    """A /proc/stat whose successive reads give the samples listed (the first line is all idle_cpus reads)."""
+    """A /proc/stat whose successive reads give the samples listed: each a list of per-CPU (busy, idle) jiffies."""
 
-    def __init__(self, *lines: str) -> None:
-        self.lines = list(lines)
+    def __init__(self, *samples: list[tuple[int, int]]) -> None:
+        self.samples = list(samples)
 
     def read_text(self) -> str:
-        return self.lines.pop(0) + "\ncpu0 0 0 0 0\n"
+        cpus = self.samples.pop(0)
+        lines = [f"cpu  {sum(b for b, _ in cpus)} 0 0 {sum(i for _, i in cpus)} 0 0 0 0 0 0"]
+        lines += [f"cpu{n} {busy} 0 0 {idle} 0 0 0 0 0 0" for n, (busy, idle) in enumerate(cpus)]
+        return "\n".join(lines + ["intr 0", "ctxt 0"]) + "\n"
 
 
-def test_idle_cpus_subtracts_the_other_work_from_the_cpus(monkeypatch):
+def _idle(first, second, cpus=2, cpu_set=None):
     from ssd.device import idle_cpus
 
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
-    # over the interval: 200 ticks in all, 100 idle -> one CPU's worth of other work on a 2-CPU machine
-    half = _Stat("cpu  100 0 0 1000 0 0 0 0 0 0", "cpu  200 0 0 1100 0 0 0 0 0 0")
-    assert idle_cpus(2, seconds=0, stat=half) == 1
-    idle = _Stat("cpu  100 0 0 1000 0 0 0 0 0 0", "cpu  100 0 0 1200 0 0 0 0 0 0")
-    assert idle_cpus(2, seconds=0, stat=idle) == 2
-    busy = _Stat("cpu  100 0 10 1000 0 0 0 0 0 0", "cpu  280 0 30 1000 0 0 0 0 0 0")
-    assert idle_cpus(2, seconds=0, stat=busy) == 1  # never fewer than one
-    iowait = _Stat("cpu  100 0 0 1000 50 0 0 0 0 0", "cpu  100 0 0 1100 150 0 0 0 0 0")
-    assert idle_cpus(2, seconds=0, stat=iowait) == 2  # waiting for a disk leaves the CPU free
-    assert idle_cpus(1, seconds=0, stat=_Stat("cpu  100 0 0 1000", "cpu  100 0 0 1200")) == 1  # capped by cpus
+    return idle_cpus(cpus, seconds=0, stat=_Stat(first, second), cpu_set=cpu_set)
+
+
+def test_idle_cpus_counts_cpus_other_work_keeps_busy():
+    start = [(100, 1000), (100, 1000)]
+    assert _idle(start, [(200, 1000), (100, 1100)]) == 1  # one CPU fully busy over the sample
+    assert _idle(start, [(100, 1100), (100, 1100)]) == 2  # all idle
+    assert _idle(start, [(150, 1050), (100, 1100)]) == 2  # half a CPU's worth: a burst, not a taken CPU
+    assert _idle(start, [(195, 1005), (195, 1005)]) == 1  # both 95% busy: 1.9 CPUs, one taken, never below one
+    assert _idle(start, [(200, 1000), (200, 1000)]) == 1  # all busy: still one thread
+    assert _idle(start, [(200, 1000), (100, 1100)], cpus=1) == 1  # capped by cpus
+    # pinned to CPU 1, which is idle, while CPU 0 is busy: the process's own CPUs count
+    assert _idle(start, [(200, 1000), (100, 1100)], cpus=1, cpu_set={1}) == 1
+    assert _idle(start, [(200, 1000), (100, 1100)], cpus=2, cpu_set={1}) == 1  # one CPU in the set
+    from ssd.device import idle_cpus
+
     assert idle_cpus(2, seconds=0, stat=Path("/nonexistent/proc/stat")) == 2  # unreadable: all of them
+
+
+def test_prepare_cpu_threads_keeps_the_users_setting():
+    from ssd.device import prepare_cpu_threads
+
+    env = {"OMP_NUM_THREADS": "3"}
+    prepare_cpu_threads(env)
+    assert env == {"OMP_NUM_THREADS": "3"}
+    for env in ({}, {"OMP_NUM_THREADS": " "}):
+        prepare_cpu_threads(env)
+        assert 1 <= int(env["OMP_NUM_THREADS"])
 
 
 def test_idle_cpus_sees_a_busy_process():
@@ -76,9 +95,11 @@ def test_idle_cpus_sees_a_busy_process():
 
     from ssd.device import idle_cpus
 
-    cpus = os.cpu_count() or 1
-    if cpus < 2 or not os.path.exists("/proc/stat"):
-        pytest.skip("needs Linux and two CPUs")
+    from ssd.device import available_cpus
+
+    cpus = available_cpus()
+    if cpus < 2 or cpus < (os.cpu_count() or 1) or not os.path.exists("/proc/stat"):
+        pytest.skip("needs Linux and two CPUs, all of them this process's, unthrottled")
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         import time
@@ -121,10 +142,11 @@ def test_the_command_line_sets_torch_threads_before_torch_loads():
     import subprocess
     import sys
 
-    code = ("import os, sys\nfrom ssd.cli import main\nmain(['presets'])\nimport torch\n"
+    code = ("import os, sys\nfrom ssd.cli import main\nmain(['eval', '/nonexistent/model.ckpt', '--data', '/nonexistent/test.json'])\nimport torch\n"
             "print(os.environ['OMP_NUM_THREADS'], torch.get_num_threads())")  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
     chosen, used = out.stdout.split()[-2:]
     assert chosen == used and 1 <= int(used) <= (os.cpu_count() or 1)
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True,

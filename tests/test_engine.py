@@ -331,10 +331,16 @@ def test_the_remaining_time_is_said_once_from_the_first_window_after_the_first_s
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 3, 6, 8]  # said at step 3: the window of steps 2-3
     assert f"{records[1]['images_per_s']:.1f} images/s" in said[0]
-    budget: list[str] = []
-    train(_cfg(tiny_data, tmp_path / "budget", iterations=100_000, log_every=3, max_seconds=1.0), log=budget.append)
-    said = [m for m in budget if "iterations take about" in m]
-    assert len(said) == 1 and said[0].endswith(" s (the time budget)")  # what is left of 1 s, not of 100000 steps
+    from types import SimpleNamespace
+
+    from ssd.training.loop import remaining_time_note
+
+    cfg = _cfg(tiny_data, tmp_path / "x", batch_size=4, max_seconds=100.0)
+    note = remaining_time_note(1000, cfg, 8.0, SimpleNamespace(spent=40.0))  # 500 s at speed, 60 s of budget left
+    assert note == "at 8.0 images/s the time budget ends the run in about 1 min 00 s, after about 120 of the remaining 1000 iterations"
+    note = remaining_time_note(10, cfg, 8.0, SimpleNamespace(spent=40.0))  # 5 s at speed: the budget is not reached
+    assert note.startswith("at 8.0 images/s the remaining 10 iterations take about 5 s, not counting")
+    assert "an unknown time" in remaining_time_note(10, dataclasses.replace(cfg, max_seconds=None), 0.0, SimpleNamespace(spent=0.0))
     assert [format_duration(s) for s in (0.4, 59.6, 61, 450, 3600, 7500)] == [
         "0 s", "1 min 00 s", "1 min 01 s", "7 min 30 s", "1 h 00 min", "2 h 05 min"]  # fmt: skip
     assert format_duration(float("inf")) == "an unknown time"

@@ -45,7 +45,8 @@ DEMO_TRAINING: dict[str, Any] = dict(
 """The demo's training settings (TrainConfig fields); iterations are counted at batch 16."""
 
 MIN_MAP = 0.85
-"""The VOC07 mAP the demo must reach (the project's goal); CI checks it on the CPU, where a run is deterministic.
+"""The VOC07 mAP the demo must reach (the project's goal); CI checks it on the CPU, where a run is deterministic at
+a given thread count (``ssd demo`` takes one thread per CPU free at its start: 2 on CI's idle 2-core machine).
 On a GPU the demo trains in bf16 and its runs are not bit-reproducible, so the mAP varies from run to run.
 Measured figures, and how the setting was chosen: docs/performance.md, "The demo"."""
 

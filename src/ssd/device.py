@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, MutableMapping
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING
 
 from ssd.errors import SSDError
 
@@ -93,7 +94,7 @@ def _cgroup_cpu_quota(root: Path) -> float | None:
         try:  # v1
             quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
             period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
-        except OSError:
+        except (OSError, ValueError):
             return None
     try:
         q, t = float(quota), float(period)
@@ -102,39 +103,58 @@ def _cgroup_cpu_quota(root: Path) -> float | None:
     return q / t if q > 0 and t > 0 else None
 
 
-def idle_cpus(cpus: int, seconds: float = 0.2, stat: Path = Path("/proc/stat")) -> int:
-    """How many of ``cpus`` other work leaves free: the machine's busy time over ``seconds`` (``/proc/stat``,
-    while this process sleeps), subtracted from ``cpus``; at least 1, and ``cpus`` where it cannot be read."""
+BUSY_CPU = 0.9
+"""A CPU counts as taken by other work when at least this share of it was busy over the sample: a short burst
+(an editor, a browser tab) does not cost a long run a thread."""
 
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in stat.read_text().split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return sum(fields[:8]), idle  # user .. steal; guest time is counted in user already
 
+def _cpu_times(stat: Path, cpus: set[int] | None) -> dict[int, tuple[int, int]]:
+    """(total, idle + iowait) jiffies of each ``cpuN`` line of ``/proc/stat`` (only those in ``cpus``)."""
+    times = {}
+    for line in stat.read_text().splitlines():
+        name, *values = line.split()
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        n = int(name[3:])
+        if cpus is None or n in cpus:
+            fields = [int(v) for v in values[:8]]  # user .. steal; guest time is counted in user already
+            times[n] = (sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0))
+    return times
+
+
+def idle_cpus(cpus: int, seconds: float = 0.2, stat: Path = Path("/proc/stat"), cpu_set: set[int] | None = None) -> int:
+    """How many of ``cpus`` other work leaves free: over ``seconds`` while this process sleeps, the CPUs of
+    ``cpu_set`` (default: this process's affinity) from ``/proc/stat`` that were at least :data:`BUSY_CPU` busy
+    in all, subtracted from ``cpus``; at least 1, and ``cpus`` where the file cannot be read."""
+    if cpu_set is None:
+        try:
+            cpu_set = set(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpu_set = None
     try:
-        total0, idle0 = sample()
+        before = _cpu_times(stat, cpu_set)
         time.sleep(seconds)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):  # not Linux, or no /proc
+        after = _cpu_times(stat, cpu_set)
+    except (OSError, ValueError, IndexError):  # not Linux, no /proc, an unexpected layout
         return cpus
-    total = total1 - total0
-    if total <= 0:
-        return cpus
-    machine = os.cpu_count() or cpus
-    busy_cpus = machine * (1 - (idle1 - idle0) / total)  # CPUs' worth of other work (this process slept)
-    return max(1, min(cpus, round(machine - busy_cpus)))
+    busy = 0.0
+    for n, (total, idle) in after.items():
+        elapsed = total - before.get(n, (total, idle))[0]
+        if elapsed > 0:
+            busy += 1 - (idle - before[n][1]) / elapsed
+    return max(1, min(cpus, len(after) - int(busy + 1 - BUSY_CPU))) if after else cpus
 
 
 def prepare_cpu_threads(environ: MutableMapping[str, str] = os.environ) -> None:
-    """Before torch is imported: as many OpenMP threads as there are CPUs free for this process.
+    """Before torch is imported: as many OpenMP threads as there are CPUs free for this process. Never raises.
 
-    ``OMP_NUM_THREADS`` becomes :func:`idle_cpus` of :func:`available_cpus` unless the user set it. OpenMP's
-    threads wait for each other at the end of every parallel region, so on a machine where other work holds a
-    core, a thread that is not scheduled stalls the others: the demo's training step ran 0.38x its speed alone
-    with two threads and a second CPU-bound process on two cores, and 0.61x with one thread (docs/performance.md,
-    "The demo under CPU contention"). The count is read once, when torch loads, so the command line calls this
-    before anything imports torch; in Python, call it (or set the variable) before ``import torch``. The thread
-    count can change a run's last bits (the order of sums), so a run is repeatable on one machine at one count.
+    ``OMP_NUM_THREADS`` becomes :func:`idle_cpus` of :func:`available_cpus` unless the user set it (an empty value
+    counts as unset). OpenMP's threads wait for each other at the end of every parallel region, so on a machine
+    where other work holds a core, a thread that is not scheduled stalls the others (measured:
+    docs/performance.md, "The demo under CPU contention"). The count is read once, when torch loads, so the
+    command line calls this before anything imports torch; in Python, call it (or set the variable) before
+    ``import torch``. It is chosen once: work that starts or ends later does not change it. The thread count
+    can change a run's last bits (the order of sums), so a run is repeatable on one machine at one count.
     """
-    if "OMP_NUM_THREADS" not in environ:
+    if not environ.get("OMP_NUM_THREADS", "").strip():
         environ["OMP_NUM_THREADS"] = str(idle_cpus(available_cpus()))

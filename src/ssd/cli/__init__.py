@@ -106,11 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if "torch" not in sys.modules:  # once torch has loaded, its thread count is set
-        from ssd.device import prepare_cpu_threads
-
-        prepare_cpu_threads()
     try:
+        if "torch" not in sys.modules and args.command not in ("info", "presets"):  # loaded: its threads are set
+            from ssd.device import prepare_cpu_threads
+
+            prepare_cpu_threads()
         return int(args.func(args) or 0)
     except SSDError as e:
         print(f"ssd: error: {e}", file=sys.stderr)

@@ -96,6 +96,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, resume_overrides
             "train_config": cfg.to_dict(), "model_config": built.config.to_dict(), "schedule": dataclasses.asdict(schedule),
             "versions": versions(), "git_revision": git_revision(), "world_size": runtime.dist.world_size,
             "amp": runtime.amp, "channels_last": runtime.channels_last, "command": sys.argv,
+            "cpu_threads": torch.get_num_threads(),
         })  # fmt: skip
         for note in built.notes:
             run_log.note(note)
@@ -104,7 +105,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, resume_overrides
             run_log.note("warning: " + warning)
         run_log.note(f"training {built.config.preset} on {len(index)} images, {built.config.num_classes - 1} classes, "
                      f"device {runtime.device}{f' x {runtime.dist.world_size}' if runtime.dist.enabled else ''}"
-                     f"{_threads(runtime.device)}, "
+                     f"{_thread_note(runtime.device)}, "
                      f"amp {runtime.amp}; run folder {run_dir}")  # fmt: skip
         result.step = _run_steps(cfg, schedule, runtime, state, data, run_log, val_index, result, start_step)
     state.save(result.step)
@@ -115,9 +116,15 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, resume_overrides
     return result
 
 
-def _threads(device: torch.device) -> str:
-    n = torch.get_num_threads()
-    return f" ({n} thread{'s' if n > 1 else ''})" if device.type == "cpu" else ""
+def _thread_note(device: torch.device) -> str:
+    """On the CPU, the thread count for the log, and why it is below the CPUs this process may use."""
+    if device.type != "cpu":
+        return ""
+    from ssd.device import available_cpus
+
+    n, cpus = torch.get_num_threads(), available_cpus()
+    why = f" of {cpus} CPUs: the others were busy at the start; OMP_NUM_THREADS=N sets it" if n < cpus else ""
+    return f" ({n} thread{'s' if n > 1 else ''}{why})"
 
 
 def _quiet(_: str) -> None:
@@ -189,13 +196,14 @@ def _run_steps(cfg, schedule, runtime: Runtime, state: RunState, data: DataStrea
 def remaining_time_note(steps_left: int, cfg: TrainConfig, images_per_second: float, clock: TrainClock) -> str:
     """How long the rest of the run takes at the measured speed (or what is left of its time budget): said once,
     from the first log window after the first step, so the start-up's slower first step is not in it."""
-    images = steps_left * cfg.batch_size * cfg.accumulate
-    seconds = images / images_per_second if images_per_second > 0 else float("inf")
-    if cfg.max_seconds is not None:
-        seconds = min(seconds, max(0.0, cfg.max_seconds - clock.spent))
-    budget = " (the time budget)" if cfg.max_seconds is not None and seconds < images / max(images_per_second, 1e-9) else ""
+    at_speed = steps_left * cfg.batch_size * cfg.accumulate / images_per_second if images_per_second > 0 else float("inf")
+    left = max(0.0, cfg.max_seconds - clock.spent) if cfg.max_seconds is not None else float("inf")
+    if left < at_speed:
+        steps = int(steps_left * left / at_speed)
+        return (f"at {images_per_second:.1f} images/s the time budget ends the run in about {format_duration(left)}, "
+                f"after about {steps} of the remaining {steps_left} iterations")
     return (f"at {images_per_second:.1f} images/s the remaining {steps_left} iterations take about "
-            f"{format_duration(seconds)}{budget}")
+            f"{format_duration(at_speed)}, not counting evaluations and checkpoint writes")
 
 
 def format_duration(seconds: float) -> str:
