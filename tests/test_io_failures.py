@@ -74,7 +74,11 @@ def test_a_second_ctrl_c_during_the_save_leaves_the_last_checkpoint(tiny_data, t
     while time.time() < deadline and not list(run.glob(".last.ckpt.*.tmp")):
         time.sleep(0.1)
     assert list(run.glob(".last.ckpt.*.tmp")), "the save never started"
-    proc.send_signal(signal.SIGINT)  # again, in the middle of the save
+    sizes = []  # the file written whole, the save paused before its rename (a slow machine writes for a while)
+    while time.time() < deadline and (len(sizes) < 5 or len(set(sizes[-5:])) > 1):
+        sizes.append(sum(f.stat().st_size for f in run.glob(".last.ckpt.*.tmp")))
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # again, in the middle of the paused save
     _, err = proc.communicate(timeout=60)
     line = _one_error_line(err)
     assert proc.returncode == 130
