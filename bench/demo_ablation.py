@@ -62,6 +62,11 @@ def parse_settings(items: list[str], parser: argparse.ArgumentParser) -> dict:
     return settings
 
 
+def per_class_ap(ap: dict) -> str:
+    """A run's per-class AP on one line, for the printed tables."""
+    return " ".join(f"{c} {'-' if v is None else f'{v:.3f}'}" for c, v in ap.items())
+
+
 def _run(change: str, out: str, device: str, workers: int, data_changes: dict, threads: int,
          iterations: int | None, extra: dict) -> dict:
     import torch
@@ -144,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "ablation.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"{'change':18s} {'mAP':>7s} {'drop':>7s}  per-class AP")
     for row in rows:
-        per_class = " ".join(f"{c} {'-' if ap is None else f'{ap:.3f}'}" for c, ap in row["ap"].items())
-        print(f"{row['change']:18s} {row['mAP']:7.4f} {row['drop']:7.4f}  {per_class}")
+        print(f"{row['change']:18s} {row['mAP']:7.4f} {row['drop']:7.4f}  {per_class_ap(row['ap'])}")
     print(f"({record['device']}, {record['seconds']:.0f} s; {out / 'ablation.json'})")
     if args.min_drop is not None:
         short = [r["change"] for r in rows[1:] if r["drop"] < args.min_drop]

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # run from the source tree without installing
 sys.path.insert(0, str(ROOT / "bench"))
 
-from demo_ablation import parse_settings  # noqa: E402
+from demo_ablation import parse_settings, per_class_ap  # noqa: E402
 
 
 def _run(name: str, out: Path, changes: dict, iterations: int | None, data) -> dict:
@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "halving.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"{'run':10s} {'mAP':>7s} {'train s':>8s}  per-class AP")
     for row in rows:
-        per_class = " ".join(f"{c} {'-' if ap is None else f'{ap:.3f}'}" for c, ap in row["ap"].items())
-        print(f"{row['run']:10s} {row['mAP']:7.4f} {row['train_seconds']:8.1f}  {per_class}")
+        print(f"{row['run']:10s} {row['mAP']:7.4f} {row['train_seconds']:8.1f}  {per_class_ap(row['ap'])}")
     print(f"training time candidate / demo: {ratio:.3f} ({record['device']}; {out / 'halving.json'})")
     failures = [f"the training time ratio {ratio:.3f} is over {args.max_ratio}"] if ratio > args.max_ratio else []
     if rows[1]["mAP"] < min_map:

@@ -76,14 +76,20 @@ def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
     """The CPUs this process may use: its affinity mask (``taskset``, a batch scheduler's CPU set), capped by a
     container's CPU quota (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), at least 1. ``os.cpu_count()`` counts
     the machine's CPUs, which a process in a container or a CPU set may not have."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        count = os.cpu_count() or 1
+    cpu_set = _cpu_set()
+    count = len(cpu_set) if cpu_set is not None else os.cpu_count() or 1
     quota = _cgroup_cpu_quota(cgroup_root)
     if quota is not None:
         count = min(count, max(1, int(quota)))
     return max(1, count)
+
+
+def _cpu_set() -> set[int] | None:
+    """The CPUs this process's affinity allows, or None where the system does not say (not Linux)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
 
 
 def _cgroup_cpu_quota(root: Path) -> float | None:
@@ -126,22 +132,18 @@ def idle_cpus(cpus: int, seconds: float = 0.2, stat: Path = Path("/proc/stat"), 
     """How many of ``cpus`` other work leaves free: over ``seconds`` while this process sleeps, the CPUs of
     ``cpu_set`` (default: this process's affinity) from ``/proc/stat`` that were at least :data:`BUSY_CPU` busy
     in all, subtracted from ``cpus``; at least 1, and ``cpus`` where the file cannot be read."""
-    if cpu_set is None:
-        try:
-            cpu_set = set(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cpu_set = None
+    cpu_set = cpu_set if cpu_set is not None else _cpu_set()
     try:
         before = _cpu_times(stat, cpu_set)
         time.sleep(seconds)
         after = _cpu_times(stat, cpu_set)
     except (OSError, ValueError, IndexError):  # not Linux, no /proc, an unexpected layout
         return cpus
-    busy = 0.0
+    busy = 0.0  # CPUs' worth of other work (this process slept)
     for n, (total, idle) in after.items():
-        elapsed = total - before.get(n, (total, idle))[0]
-        if elapsed > 0:
-            busy += 1 - (idle - before[n][1]) / elapsed
+        total0, idle0 = before.get(n, (total, idle))
+        if total > total0:
+            busy += 1 - (idle - idle0) / (total - total0)
     return max(1, min(cpus, len(after) - int(busy + 1 - BUSY_CPU))) if after else cpus
 
 
