@@ -43,6 +43,40 @@ def test_ssd512_layout():
     assert [m.shape[-1] for m in maps] == list(config.feature_map_sizes)
 
 
+@pytest.mark.parametrize("depths, stride", [((2, 2, 3, 3, 3), 2), ((1, 1, 2, 3, 3), 1), ((1, 1, 3, 3, 3), 2)])
+@pytest.mark.parametrize("size", [96, 191, 192, 300])
+def test_block_depths_and_conv1_stride_keep_the_layer_arithmetic(depths, stride, size):
+    """The derived map sizes (and so the priors) equal the maps the network really makes, also for odd sizes, where
+    a strided conv1_1 rounds up and pool1 rounds down; the layers are the ones configured."""
+    config = get_preset("small", image_size=size).replace(vgg_depths=depths, conv1_stride=stride)
+    model = SSD(config)
+    with torch.no_grad():
+        maps = model.features(torch.rand(1, 3, size, size))
+        loc, logits = model(torch.rand(1, 3, size, size))
+    assert [m.shape[-1] for m in maps] == list(config.feature_map_sizes)
+    assert loc.shape[1] == logits.shape[1] == config.num_priors == model.priors_cxcywh.shape[0]
+    convs = [n for n, m in model.base.named_children() if isinstance(m, nn.Conv2d) and n[4] in "12345"]
+    assert [sum(n.startswith(f"conv{b}_") for n in convs) for b in range(1, 6)] == list(depths)
+    assert model.base.conv1_1.stride == (stride, stride)
+    assert hasattr(model.base, "pool1") == (stride == 1)
+
+
+def test_block_depths_and_stride_are_checked_and_saved():
+    small = get_preset("small")
+    for bad, match in [(dict(vgg_depths=(2, 2, 3, 3)), "vgg_depths needs 5"), (dict(vgg_depths=(0, 2, 3, 3, 3)), "vgg_depths"),
+                       (dict(conv1_stride=3), "conv1_stride must be 1 or 2")]:
+        with pytest.raises(SSDError, match=match):
+            small.replace(**bad)
+    custom = small.replace(vgg_depths=(1, 1, 2, 3, 3), conv1_stride=2)
+    assert ModelConfig.from_dict(custom.to_dict()) == custom
+    saved_before = {k: v for k, v in small.to_dict().items() if k not in ("vgg_depths", "conv1_stride")}
+    # a checkpoint from before the fields existed had VGG16's layers
+    assert ModelConfig.from_dict(saved_before) == small.replace(vgg_depths=(2, 2, 3, 3, 3), conv1_stride=1)
+    assert get_preset("ssd300").has_vgg16_base and not small.has_vgg16_base
+    assert not get_preset("ssd300").replace(vgg_depths=(1, 2, 3, 3, 3)).has_vgg16_base
+    assert not get_preset("ssd300").replace(conv1_stride=2).has_vgg16_base
+
+
 def test_parameter_count_equals_torchvision():
     tv = pytest.importorskip("torchvision.models.detection")
     ours = sum(p.numel() for p in build_model("ssd300").parameters())
@@ -84,7 +118,7 @@ def test_normalisation_is_inside_the_model():
 def test_batch_norm_option_trains_and_has_no_conv_bias():
     model = build_model("small", 3, batch_norm=True)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert len(bns) == 15 + 8  # 13 VGG convs + conv6 + conv7, 8 extra convs
+    assert len(bns) == sum(model.config.vgg_depths) + 2 + 8 == 10 + 2 + 8  # VGG convs, conv6 + conv7, 8 extra convs
     assert model.base.conv1_1.bias is None and model.loc_heads[0].bias is not None
     loc, logits = model(torch.rand(2, 3, 192, 192))
     (loc.square().mean() + logits.square().mean()).backward()

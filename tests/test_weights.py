@@ -66,6 +66,8 @@ def test_refuses_features_only_weights_and_unfit_models(vgg_state, tmp_path):
         vgg16_to_base_state(features_only)
     with pytest.raises(SSDError, match="cannot use them"):
         load_pretrained_base(build_model("small"), "imagenet")
+    with pytest.raises(SSDError, match="cannot use them"):  # VGG16's widths, but not its depths
+        load_pretrained_base(build_model("ssd300", vgg_depths=(2, 2, 3, 3, 2)), "imagenet")
     with pytest.raises(SSDError, match="not found"):
         load_pretrained_base(build_model("ssd300"), tmp_path / "missing.pth")
     assert load_pretrained_base(build_model("small"), "none") == []
@@ -84,7 +86,7 @@ def test_tutorial_mapping_rejects_unknown_names(tutorial_recipe_state):
 def test_vgg16_table_names_torchvisions_convolutions_and_ours(vgg_state):
     feature_convs = sorted({int(k.split(".")[1]) for k in vgg_state if k.startswith("features.")})
     assert feature_convs == list(VGG16_FEATURE_INDICES)
-    base = build_model("small").base
+    base = build_model("ssd300").base
     ours = [name for name, m in base.named_children() if isinstance(m, nn.Conv2d)]
     assert ours == [*VGG16_CONV_NAMES, "conv6", "conv7"]
 

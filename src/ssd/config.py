@@ -21,8 +21,9 @@ Presets (see :data:`PRESETS`):
     not clipped). (lufficc/SSD's variant clips the priors to the image and ends at 537.65 px; checkpoints store
     their priors' configuration, so models trained with it still load as they were.)
 ``small``
-    The same code with fewer channels (an eighth in the first three blocks, a quarter after) and a 192-pixel
-    input: for CPU work (tests, the demo).
+    The same code with fewer layers and channels and a 192-pixel input, for CPU work (tests, the demo): one
+    convolution in each of the first two blocks, the first at stride 2 in place of pool1 (the maps keep their
+    sizes), two in the fifth; widths 16, 16, 32, 128, 128 (VGG16's divided by 4 to 8) and 256 for conv6 and conv7.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ MAX_CLASSES = 10_000
 MAX_CHANNELS = 16_384
 MAX_EXTRA_BLOCKS = 16
 MAX_RATIOS_PER_POSITION = 32
+MAX_BLOCK_DEPTH = 16
+VGG16_WIDTHS = (64, 128, 256, 512, 512)
+VGG16_DEPTHS = (2, 2, 3, 3, 3)
 MAX_PRIORS = 1_000_000
 
 
@@ -202,11 +206,15 @@ class ModelConfig:
         preset: the preset this configuration came from (informative).
         class_names: the foreground classes; label ``i`` is ``class_names[i - 1]``, label 0 is background.
         image_size: square input side ``S``; ``model(images)`` takes (N, 3, S, S).
-        vgg_widths: output channels of the five VGG16 blocks (2, 2, 3, 3, 3 convolutions).
+        vgg_widths: output channels of the five VGG16 blocks.
         fc_channels: channels of conv6 (3x3, dilation 6) and conv7 (1x1).
         extras: the extra blocks after conv7, one feature map each.
         priors: the prior layout; one entry per feature map (conv4_3, conv7, then one per extra block).
         batch_norm: BatchNorm after every convolution of the base and the extras.
+        vgg_depths: convolutions in each of the five VGG blocks (VGG16's 2, 2, 3, 3, 3).
+        conv1_stride: the stride of ``conv1_1``; with 2, ``pool1`` is left out, so the maps keep their sizes while
+            the first block runs at half the input's resolution (large maps of few channels are where a CPU spends
+            the most time per multiplication).
         mean, std: RGB normalisation applied inside the model to inputs in [0, 1].
         l2norm_scale: initial per-channel scale of the L2-normalised conv4_3 features.
         decode: model-specific decoding rules.
@@ -223,6 +231,8 @@ class ModelConfig:
     extras: tuple[ExtraBlock, ...]
     priors: PriorConfig
     batch_norm: bool = False
+    vgg_depths: tuple[int, int, int, int, int] = VGG16_DEPTHS
+    conv1_stride: int = 1
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     l2norm_scale: float = 20.0
@@ -242,6 +252,12 @@ class ModelConfig:
             raise SSDError(f"vgg_widths needs 5 values (one per VGG block), got {len(self.vgg_widths)}")
         for w in (*self.vgg_widths, self.fc_channels):
             _check_int("vgg_widths and fc_channels", w, 1, MAX_CHANNELS)
+        if len(self.vgg_depths) != 5:
+            raise SSDError(f"vgg_depths needs 5 values (one per VGG block), got {len(self.vgg_depths)}")
+        for d in self.vgg_depths:
+            _check_int("vgg_depths", d, 1, MAX_BLOCK_DEPTH)
+        if self.conv1_stride not in (1, 2):
+            raise SSDError(f"conv1_stride must be 1 or 2, not {self.conv1_stride!r}")
         _check_int("number of extra blocks", len(self.extras), 0, MAX_EXTRA_BLOCKS)
         if len(self.mean) != 3 or len(self.std) != 3:
             raise SSDError(f"mean and std need 3 values (R, G, B), got {len(self.mean)} and {len(self.std)}")
@@ -272,7 +288,7 @@ class ModelConfig:
     def feature_map_sizes(self) -> tuple[int, ...]:
         """Side of each source feature map, from the layer arithmetic."""
         s = self.image_size
-        s = s // 2  # pool1
+        s = (s - 1) // 2 + 1 if self.conv1_stride == 2 else s // 2  # conv1_1 at stride 2 (3x3, pad 1), or pool1
         s = s // 2  # pool2
         s = -(-s // 2)  # pool3, ceil mode
         sizes = [s]  # conv4_3
@@ -282,6 +298,13 @@ class ModelConfig:
             s = (s + 2 * block.padding - block.kernel_size) // block.stride + 1
             sizes.append(s)
         return tuple(sizes)
+
+    @property
+    def has_vgg16_base(self) -> bool:
+        """Whether the base is VGG16's own (widths, depths, strides, conv6/7 widths, no BatchNorm): the one that
+        ImageNet VGG16 weights fit."""
+        return (tuple(self.vgg_widths) == VGG16_WIDTHS and tuple(self.vgg_depths) == VGG16_DEPTHS
+                and self.conv1_stride == 1 and self.fc_channels == 1024 and not self.batch_norm)  # fmt: skip
 
     @property
     def source_channels(self) -> tuple[int, ...]:
@@ -305,6 +328,8 @@ class ModelConfig:
             d = dict(d)
             d["class_names"] = tuple(d["class_names"])
             d["vgg_widths"] = tuple(d["vgg_widths"])
+            if "vgg_depths" in d:  # configurations saved before the field existed have VGG16's
+                d["vgg_depths"] = tuple(d["vgg_depths"])
             d["mean"] = tuple(d["mean"])
             d["std"] = tuple(d["std"])
             d["extras"] = tuple(ExtraBlock(**b) for b in d["extras"])
@@ -347,7 +372,7 @@ def _ssd300(class_names: Sequence[str]) -> ModelConfig:
         preset="ssd300",
         class_names=tuple(class_names),
         image_size=300,
-        vgg_widths=(64, 128, 256, 512, 512),
+        vgg_widths=VGG16_WIDTHS,
         fc_channels=1024,
         extras=_SSD300_EXTRAS,
         priors=PriorConfig(
@@ -364,7 +389,7 @@ def _ssd300_torchvision(class_names: Sequence[str]) -> ModelConfig:
         preset="ssd300-torchvision",
         class_names=tuple(class_names),
         image_size=300,
-        vgg_widths=(64, 128, 256, 512, 512),
+        vgg_widths=VGG16_WIDTHS,
         fc_channels=1024,
         extras=_SSD300_EXTRAS,
         priors=PriorConfig(
@@ -387,7 +412,7 @@ def _ssd512(class_names: Sequence[str]) -> ModelConfig:
         preset="ssd512",
         class_names=tuple(class_names),
         image_size=512,
-        vgg_widths=(64, 128, 256, 512, 512),
+        vgg_widths=VGG16_WIDTHS,
         fc_channels=1024,
         extras=(
             ExtraBlock(256, 512, 3, 2, 1),  # conv8: 32 -> 16
@@ -415,7 +440,11 @@ def _small(class_names: Sequence[str]) -> ModelConfig:
         preset="small",
         class_names=tuple(class_names),
         image_size=192,
-        vgg_widths=(8, 16, 32, 128, 128),  # few channels where the maps are large: that is where the time goes
+        # Few convolutions and channels where the maps are large: on a CPU that is where the time goes, far more
+        # than the arithmetic says (docs/performance.md, "The demo").
+        vgg_widths=(16, 16, 32, 128, 128),
+        vgg_depths=(1, 1, 3, 3, 2),
+        conv1_stride=2,
         fc_channels=256,
         extras=(
             ExtraBlock(64, 128, 3, 2, 1),  # 12 -> 6

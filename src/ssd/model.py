@@ -79,15 +79,21 @@ class _ConvStack(nn.Module):
 
 
 class VGGBase(_ConvStack):
-    """VGG16 up to conv5_3 (pool3 in ceil mode, pool5 3x3/1/1) plus conv6 (atrous) and conv7."""
+    """VGG16 up to conv5_3 (pool3 in ceil mode, pool5 3x3/1/1) plus conv6 (atrous) and conv7.
 
-    def __init__(self, widths: Sequence[int], fc_channels: int, batch_norm: bool) -> None:
-        super().__init__(batch_norm)
+    ``config.vgg_depths`` convolutions per block; with ``config.conv1_stride == 2`` conv1_1 strides and pool1 is
+    left out (:class:`~ssd.config.ModelConfig`)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config.batch_norm)
         cin = 3
-        for block, (n_convs, width) in enumerate(zip((2, 2, 3, 3, 3), widths), start=1):
+        for block, (n_convs, width) in enumerate(zip(config.vgg_depths, config.vgg_widths), start=1):
             for i in range(1, n_convs + 1):
-                self._conv(f"conv{block}_{i}", cin, width, 3, padding=1)
+                stride = config.conv1_stride if (block, i) == (1, 1) else 1
+                self._conv(f"conv{block}_{i}", cin, width, 3, padding=1, stride=stride)
                 cin = width
+            if block == 1 and config.conv1_stride == 2:
+                continue  # conv1_1 already halved the resolution
             if block == 3:
                 pool = nn.MaxPool2d(2, 2, ceil_mode=True)
             elif block == 5:
@@ -95,8 +101,8 @@ class VGGBase(_ConvStack):
             else:
                 pool = nn.MaxPool2d(2, 2)
             self._pool(f"pool{block}", pool)
-        self._conv("conv6", cin, fc_channels, 3, padding=6, dilation=6)
-        self._conv("conv7", fc_channels, fc_channels, 1)
+        self._conv("conv6", cin, config.fc_channels, 3, padding=6, dilation=6)
+        self._conv("conv7", config.fc_channels, config.fc_channels, 1)
         split = self._order.index("pool4")
         self._to_conv4_3, self._to_conv7 = self._order[:split], self._order[split:]
 
@@ -141,7 +147,7 @@ class SSD(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.base = VGGBase(config.vgg_widths, config.fc_channels, config.batch_norm)
+        self.base = VGGBase(config)
         self.l2norm = L2Norm(config.vgg_widths[3], config.l2norm_scale)
         self.extras = ExtraLayers(config)
         per_pos = config.priors.priors_per_position

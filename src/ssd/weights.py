@@ -18,11 +18,11 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from ssd.config import IMAGENET_MEAN, IMAGENET_STD
+from ssd.config import IMAGENET_MEAN, IMAGENET_STD, VGG16_DEPTHS
 from ssd.errors import SSDError
 
 VGG16_CONV_NAMES = tuple(
-    f"conv{b}_{i}" for b, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for i in range(1, n + 1)
+    f"conv{b}_{i}" for b, n in zip(range(1, 6), VGG16_DEPTHS) for i in range(1, n + 1)
 )
 """VGG16's 13 convolutions by the paper's names, ``conv1_1`` .. ``conv5_3``: our base's and the tutorial's."""
 VGG16_FEATURE_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -128,10 +128,11 @@ def load_pretrained_base(model, source: str | os.PathLike | None) -> list[str]:
     if source is None or str(source) == "none":
         return []
     cfg = model.config
-    if cfg.batch_norm or tuple(cfg.vgg_widths) != (64, 128, 256, 512, 512) or cfg.fc_channels != 1024:
+    if not cfg.has_vgg16_base:
         raise SSDError(
-            f"ImageNet VGG16 weights fit the full-width base without BatchNorm; preset {cfg.preset!r} "
-            f"(widths {list(cfg.vgg_widths)}, batch_norm={cfg.batch_norm}) cannot use them"
+            f"ImageNet VGG16 weights fit VGG16's own base (full widths and depths, no BatchNorm); preset "
+            f"{cfg.preset!r} (widths {list(cfg.vgg_widths)}, depths {list(cfg.vgg_depths)}, batch_norm={cfg.batch_norm}) "
+            "cannot use them: --pretrained-base none"
         )
     if str(source) == "imagenet":
         state = imagenet_vgg16_state()

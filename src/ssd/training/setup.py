@@ -195,8 +195,7 @@ def _initialise(model: SSD, cfg: TrainConfig) -> list[str]:
         return [f"initialised from {cfg.init_from}; re-initialised: {', '.join(skipped) or 'nothing'}"]
     base = cfg.pretrained_base
     if base == "auto":
-        full_vgg = tuple(model.config.vgg_widths) == (64, 128, 256, 512, 512) and not model.config.batch_norm
-        base = "imagenet" if full_vgg else "none"
+        base = "imagenet" if model.config.has_vgg16_base else "none"
     from ssd.weights import load_pretrained_base
 
     notes = list(load_pretrained_base(model, base))
