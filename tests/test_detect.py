@@ -51,7 +51,7 @@ def checkpoint(tmp_path_factory) -> Path:
     model = build_model("small")
     with torch.no_grad():
         for head in model.cls_heads:
-            head.weight.mul_(0.34)
+            head.weight.mul_(0.25)  # scores around the display threshold (0.2) for the small preset's layers
     return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "small.pt")
 
 

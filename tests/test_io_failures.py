@@ -74,8 +74,11 @@ def test_a_second_ctrl_c_during_the_save_leaves_the_last_checkpoint(tiny_data, t
     while time.time() < deadline and not list(run.glob(".last.ckpt.*.tmp")):
         time.sleep(0.1)
     assert list(run.glob(".last.ckpt.*.tmp")), "the save never started"
-    sizes = []  # the file written whole, the save paused before its rename (a slow machine writes for a while)
-    while time.time() < deadline and (len(sizes) < 5 or len(set(sizes[-5:])) > 1):
+    # The file written whole (about the size of the previous checkpoint, and no longer growing), the save paused
+    # before its rename: a slow or loaded machine writes for a while, and buffered writes grow the file in steps.
+    whole = 0.95 * (run / "last.ckpt").stat().st_size
+    sizes = []
+    while time.time() < deadline and (len(sizes) < 5 or len(set(sizes[-5:])) > 1 or sizes[-1] < whole):
         sizes.append(sum(f.stat().st_size for f in run.glob(".last.ckpt.*.tmp")))
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)  # again, in the middle of the paused save
