@@ -68,8 +68,10 @@ def _run(name: str, out: Path, changes: dict, iterations: int | None, data) -> d
     with small_preset_of_before() if name == "before" else nullcontext():
         result = run_demo(out / name, device="cpu", progress=False, log=lambda m: None, iterations=iterations,
                           changes=changes, data=data)  # fmt: skip
-    layers = BEFORE["small_layers"] if name == "before" else "today's small preset"
-    return {"run": name, "changes": changes, "small_layers": layers, "mAP": round(result.mAP, 4), "ap": result.ap,
+    trained = json.loads((out / name / "run" / "config.json").read_text())  # what the run resolved
+    layers = {k: trained["model_config"][k] for k in BEFORE["small_layers"]}
+    schedule = {k: trained["train_config"][k] for k in ("iterations", "milestones")}
+    return {"run": name, "changes": changes, "small_layers": layers, "schedule": schedule, "mAP": round(result.mAP, 4), "ap": result.ap,
             "train_seconds": round(result.train_seconds, 1), "_train_seconds": result.train_seconds, "total_seconds": round(result.total_seconds, 1),
             "report": str(result.report)}  # fmt: skip
 

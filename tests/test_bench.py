@@ -113,7 +113,7 @@ def test_demo_halving_dry_run(tmp_path, capsys):
     before, demo = (json.loads((out / name / "run" / "config.json").read_text()) for name in ("before", "demo"))
     today = get_preset("small")
     for key, value in module.BEFORE["small_layers"].items():
-        assert before["model_config"][key] == list(value) if isinstance(value, tuple) else value
+        assert before["model_config"][key] == (list(value) if isinstance(value, tuple) else value)
     assert demo["model_config"]["vgg_depths"] == list(today.vgg_depths) != list(module.BEFORE["small_layers"]["vgg_depths"])
     assert before["model_config"]["image_size"] == 192 and demo["model_config"]["image_size"] == 128
     assert demo["train_config"]["iterations"] == before["train_config"]["iterations"] == 2

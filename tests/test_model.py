@@ -64,7 +64,8 @@ def test_block_depths_and_conv1_stride_keep_the_layer_arithmetic(depths, stride,
 def test_block_depths_and_stride_are_checked_and_saved():
     small = get_preset("small")
     for bad, match in [(dict(vgg_depths=(2, 2, 3, 3)), "vgg_depths needs 5"), (dict(vgg_depths=(0, 2, 3, 3, 3)), "vgg_depths"),
-                       (dict(conv1_stride=3), "conv1_stride must be 1 or 2")]:
+                       (dict(conv1_stride=3), "conv1_stride"), (dict(conv1_stride=2.0), "conv1_stride"),
+                       (dict(conv1_stride=True), "conv1_stride")]:
         with pytest.raises(SSDError, match=match):
             small.replace(**bad)
     custom = small.replace(vgg_depths=(1, 1, 2, 3, 3), conv1_stride=2)

@@ -256,8 +256,7 @@ class ModelConfig:
             raise SSDError(f"vgg_depths needs 5 values (one per VGG block), got {len(self.vgg_depths)}")
         for d in self.vgg_depths:
             _check_int("vgg_depths", d, 1, MAX_BLOCK_DEPTH)
-        if self.conv1_stride not in (1, 2):
-            raise SSDError(f"conv1_stride must be 1 or 2, not {self.conv1_stride!r}")
+        _check_int("conv1_stride", self.conv1_stride, 1, 2)
         _check_int("number of extra blocks", len(self.extras), 0, MAX_EXTRA_BLOCKS)
         if len(self.mean) != 3 or len(self.std) != 3:
             raise SSDError(f"mean and std need 3 values (R, G, B), got {len(self.mean)} and {len(self.std)}")

@@ -4,7 +4,8 @@ Data flow of :meth:`SSD.forward`::
 
     images (N, 3, S, S) RGB in [0, 1]
       -> (x - mean) / std                        (buffers from the configuration)
-      -> VGG16 base: conv1_1 .. conv4_3 [L2Norm * scale -> map 0] .. pool5 (3x3/1/1),
+      -> VGG16 base: conv1_1 .. conv4_3 [L2Norm * scale -> map 0] .. pool5 (3x3/1/1) (the preset's block depths:
+         map 0 is block 4's last convolution),
          conv6 (3x3, dilation 6, padding 6), conv7 (1x1)  [-> map 1]
       -> extra blocks (1x1 then 3x3 or 4x4)        [-> maps 2..]
       -> per map: loc head (4 A_k channels), cls head (C A_k channels), 3x3 / padding 1
@@ -79,7 +80,7 @@ class _ConvStack(nn.Module):
 
 
 class VGGBase(_ConvStack):
-    """VGG16 up to conv5_3 (pool3 in ceil mode, pool5 3x3/1/1) plus conv6 (atrous) and conv7.
+    """VGG16's five blocks (pool3 in ceil mode, pool5 3x3/1/1) plus conv6 (atrous) and conv7.
 
     ``config.vgg_depths`` convolutions per block; with ``config.conv1_stride == 2`` conv1_1 strides and pool1 is
     left out (:class:`~ssd.config.ModelConfig`)."""

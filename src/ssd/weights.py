@@ -24,7 +24,8 @@ from ssd.errors import SSDError
 VGG16_CONV_NAMES = tuple(
     f"conv{b}_{i}" for b, n in zip(range(1, 6), VGG16_DEPTHS) for i in range(1, n + 1)
 )
-"""VGG16's 13 convolutions by the paper's names, ``conv1_1`` .. ``conv5_3``: our base's and the tutorial's."""
+"""VGG16's 13 convolutions by the paper's names, ``conv1_1`` .. ``conv5_3``: the tutorial's, and our base's where it is
+VGG16's own (:attr:`ssd.config.ModelConfig.has_vgg16_base`)."""
 VGG16_FEATURE_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 """Their indices in torchvision's ``vgg16().features``, in the same order."""
 
@@ -131,7 +132,8 @@ def load_pretrained_base(model, source: str | os.PathLike | None) -> list[str]:
     if not cfg.has_vgg16_base:
         raise SSDError(
             f"ImageNet VGG16 weights fit VGG16's own base (full widths and depths, no BatchNorm); preset "
-            f"{cfg.preset!r} (widths {list(cfg.vgg_widths)}, depths {list(cfg.vgg_depths)}, batch_norm={cfg.batch_norm}) "
+            f"{cfg.preset!r} (widths {list(cfg.vgg_widths)}, depths {list(cfg.vgg_depths)}, conv1_stride "
+            f"{cfg.conv1_stride}, fc_channels {cfg.fc_channels}, batch_norm={cfg.batch_norm}) "
             "cannot use them: --pretrained-base none"
         )
     if str(source) == "imagenet":
