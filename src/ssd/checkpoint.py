@@ -31,7 +31,8 @@ FORMAT = "ssd-checkpoint"
 FORMAT_VERSION = 1
 
 PAUSE_ENV = "SSD_FAULT_PAUSE_CHECKPOINT_WRITE"
-"""Fault injection for tests: seconds to sleep after the temporary file is written, before rename."""
+"""Fault injection for tests: seconds to sleep after the temporary file is written, before rename; ``<path>.paused``
+exists while it sleeps (a test's signal then lands in the pause, not in ``torch.save``)."""
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -48,7 +49,12 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             raise
         pause = os.environ.get(PAUSE_ENV)
         if pause:
-            time.sleep(float(pause))
+            marker = Path(f"{path}.paused")
+            marker.touch()
+            try:
+                time.sleep(float(pause))
+            finally:
+                marker.unlink(missing_ok=True)
 
     return write_atomically(path, write)
 
