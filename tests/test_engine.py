@@ -176,8 +176,14 @@ def test_a_checkpoint_is_never_written_from_non_finite_weights(tiny_data, tmp_pa
 
 def _cli(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    # Ctrl-C as at a terminal: a suite started in the background (bash `&`) passes SIGINT down ignored, and Python
+    # then keeps it ignored wherever the training loop does not catch it (the second Ctrl-C during a save).
     return subprocess.Popen([sys.executable, "-m", "ssd.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)  # fmt: skip
+                            text=True, env=env, preexec_fn=_sigint_as_at_a_terminal)  # fmt: skip
+
+
+def _sigint_as_at_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _train_args(data: Path, out: Path, iterations: int, every: int = 10_000) -> list[str]:
